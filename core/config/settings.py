@@ -1,0 +1,227 @@
+"""Typed settings for every service, read from environment variables and `.env`.
+
+Variables use the prefix ``TRADESTREAM_`` and ``__`` between nested levels, for
+example ``TRADESTREAM_REDPANDA__BOOTSTRAP_SERVERS=broker:9092`` or
+``TRADESTREAM_RELIABILITY__DEDUP_ENABLED=false``. Per-service overrides of the
+reliability switches live under ``TRADESTREAM_SERVICES__<service>__<field>``.
+Use :func:`load_settings` at start-up: it turns validation failures into one
+:class:`SettingsError` that names each offending variable and never echoes a value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TRADESTREAM_"
+ENV_NESTED_DELIMITER = "__"
+MEMORY_URL = "memory://"
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+DedupFailurePolicy = Literal["fail_open", "fail_closed"]
+OrderingMode = Literal["partition", "key", "unordered"]
+LogFormat = Literal["json", "console"]
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
+
+
+class SettingsError(ValueError):
+    """Raised when configuration is invalid; the message names the variables."""
+
+
+class RedpandaSettings(BaseModel):
+    """How to reach Kafka/Redpanda. ``memory://`` selects the embedded broker."""
+
+    bootstrap_servers: str = MEMORY_URL
+    client_id: str = "tradestream"
+    group_id_prefix: str = "tradestream"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    request_timeout_ms: int = Field(default=30_000, gt=0)
+    compression_type: CompressionType = "none"
+    connect_timeout_s: float = Field(default=30.0, gt=0)
+    topic_partitions: int = Field(default=3, gt=0)
+    topic_replication_factor: int = Field(default=1, gt=0)
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        value = value.strip()
+        if value.startswith(MEMORY_URL):
+            return value
+        hosts = [h.strip() for h in value.split(",")]
+        bad = [
+            h for h in hosts if not _HOST_PORT.match(h) or not 0 < int(h.rsplit(":", 1)[1]) < 65536
+        ]
+        if not hosts or bad:
+            raise ValueError(
+                "expected a comma-separated list of host:port (or memory://), "
+                f"{len(bad) or 1} entr{'y' if len(bad) <= 1 else 'ies'} unparseable"
+            )
+        return ",".join(hosts)
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> RedpandaSettings:
+        if self.security_protocol.startswith("SASL"):
+            missing = [
+                name
+                for name, val in (
+                    ("sasl_mechanism", self.sasl_mechanism),
+                    ("sasl_username", self.sasl_username),
+                    ("sasl_password", self.sasl_password),
+                )
+                if not val
+            ]
+            if missing:
+                raise ValueError(
+                    f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+                )
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the in-memory broker is selected."""
+        return self.bootstrap_servers.startswith(MEMORY_URL)
+
+    @property
+    def bootstrap_list(self) -> list[str]:
+        """Bootstrap servers as a list."""
+        return self.bootstrap_servers.split(",")
+
+
+class RedisSettings(BaseModel):
+    """How to reach Redis. ``memory://`` selects an in-process fake Redis."""
+
+    url: SecretStr = SecretStr(MEMORY_URL)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    socket_timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if not raw.startswith((MEMORY_URL, "redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss://, unix:// or memory:// URL")
+        return value
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the in-process fake Redis is selected."""
+        return self.url.get_secret_value().startswith(MEMORY_URL)
+
+    @property
+    def safe_address(self) -> str:
+        """Host and port (or ``memory://``) without credentials, for messages."""
+        raw = self.url.get_secret_value()
+        if raw.startswith(MEMORY_URL):
+            return MEMORY_URL
+        rest = raw.split("://", 1)[1]
+        rest = rest.rsplit("@", 1)[-1]
+        return rest.split("/", 1)[0] or "localhost"
+
+
+class ReliabilitySettings(BaseModel):
+    """Feature switches and tuning of the reliability path, per service if overridden."""
+
+    dedup_enabled: bool = True
+    dedup_ttl_seconds: int = Field(default=3600, gt=0)
+    dedup_processing_ttl_ms: int = Field(default=60_000, gt=0)
+    dedup_failure_policy: DedupFailurePolicy = "fail_open"
+    dedup_local_cache_size: int = Field(default=10_000, ge=0)
+    retry_max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_initial_ms: int = Field(default=100, ge=0)
+    retry_backoff_max_ms: int = Field(default=5_000, ge=0)
+    dead_letter_enabled: bool = True
+    dead_letter_suffix: str = ".dlq"
+    metrics_enabled: bool = True
+    commit_interval_ms: int = Field(default=1_000, gt=0)
+    commit_every: int = Field(default=500, gt=0)
+    ordering: OrderingMode = "partition"
+    default_concurrency: int = Field(default=1, ge=1)
+    max_in_flight: int = Field(default=1_000, ge=1)
+    max_in_flight_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    max_loop_restarts: int = Field(default=5, ge=0)
+    exit_on_unhealthy: bool = False
+
+
+class ObservabilitySettings(BaseModel):
+    """Logs and the ops HTTP endpoint."""
+
+    log_format: LogFormat = "console"
+    log_level: str = "INFO"
+    http_enabled: bool = False
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9100, ge=0, lt=65536)
+
+
+class Settings(BaseSettings):
+    """Everything a service reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    broker_namespace: str = "paper"
+    redpanda: RedpandaSettings = Field(default_factory=RedpandaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    reliability: ReliabilitySettings = Field(default_factory=ReliabilitySettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    services: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> Settings:
+        for name in self.services:
+            self.reliability_for(name)
+        return self
+
+    def reliability_for(self, service_name: str) -> ReliabilitySettings:
+        """The reliability settings of one service: defaults plus its overrides."""
+        overrides = self.services.get(service_name) or self.services.get(
+            service_name.replace("-", "_")
+        )
+        if not overrides:
+            return self.reliability
+        unknown = set(overrides) - set(ReliabilitySettings.model_fields)
+        if unknown:
+            raise ValueError(f"unknown reliability field(s) for {service_name}: {sorted(unknown)}")
+        merged = self.reliability.model_dump() | overrides
+        return ReliabilitySettings.model_validate(merged)
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable that sets the field at ``loc``."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in loc).upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, raising :class:`SettingsError` with variable names on bad values."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = tuple(p for p in err["loc"] if p != "__root__")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{env_name(loc)}: {msg}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

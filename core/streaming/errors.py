@@ -1,0 +1,35 @@
+"""Exceptions of the streaming framework, grouped by what a caller can do about them."""
+
+from __future__ import annotations
+
+
+class StreamingError(Exception):
+    """Base of every error this framework raises on purpose."""
+
+
+class RetryableError(StreamingError):
+    """A failure worth retrying: the same message may succeed later."""
+
+
+class PermanentError(StreamingError):
+    """A failure that will repeat on every attempt: dead-letter the message at once."""
+
+
+class BrokerUnavailableError(StreamingError, ConnectionError):
+    """The broker could not be reached within the configured time."""
+
+
+class RedisUnavailableError(StreamingError, ConnectionError):
+    """Redis could not be reached within the configured time."""
+
+
+class ClientClosedError(StreamingError):
+    """A client was used after it was stopped, or before it was started."""
+
+
+class MessageTooLargeError(PermanentError):
+    """A record exceeds the broker's size limit; nothing was sent."""
+
+
+class CommitError(StreamingError):
+    """An offset commit was refused (for example beyond the high watermark)."""

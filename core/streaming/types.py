@@ -1,0 +1,67 @@
+"""Broker-neutral value types shared by the client surface and the layers above."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class TopicPartition(NamedTuple):
+    """One partition of one topic."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record as fetched from a broker, bytes untouched."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    timestamp: int = 0  # milliseconds since the epoch
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        """The partition this record came from."""
+        return TopicPartition(self.topic, self.partition)
+
+
+class RecordMetadata(Protocol):
+    """Where the broker stored an acknowledged record."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A ``RecordMetadata`` made by a backend other than Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create: name, partitions, replication, extra configs."""
+
+    name: str
+    partitions: int = 1
+    replication_factor: int = 1
+    configs: dict[str, str] = field(default_factory=dict)
