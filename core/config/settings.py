@@ -11,6 +11,7 @@ Use :func:`load_settings` at start-up: it turns validation failures into one
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -170,6 +171,34 @@ class ObservabilitySettings(BaseModel):
     http_port: int = Field(default=9100, ge=0, lt=65536)
 
 
+class TradingSettings(BaseModel):
+    """Settings of the trading services (ignored by the streaming framework)."""
+
+    strategy_routes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="strategy id -> namespaces it trades on; unlisted strategies "
+        "trade on broker_namespace",
+    )
+    instruments: dict[str, int] = Field(
+        default_factory=lambda: {
+            "RELIANCE": 738561,
+            "TCS": 2953217,
+            "INFY": 408065,
+            "HDFCBANK": 341249,
+            "ICICIBANK": 1270529,
+        },
+        description="symbol -> instrument token of the tradable universe",
+    )
+    market_holidays: list[date] = Field(default_factory=list)
+    market_always_open: bool = False
+    slippage_bps: float = Field(default=5.0, ge=0)
+    max_quantity: int = Field(default=10_000, gt=0)
+    max_notional: float = Field(default=5_000_000.0, gt=0)
+    max_price_age_s: float = Field(default=60.0, gt=0)
+    starting_cash: float = Field(default=10_000_000.0, ge=0)
+    tick_rate_per_s: float = Field(default=20.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything a service reads from its environment."""
 
@@ -187,6 +216,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     reliability: ReliabilitySettings = Field(default_factory=ReliabilitySettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    trading: TradingSettings = Field(default_factory=TradingSettings)
     services: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

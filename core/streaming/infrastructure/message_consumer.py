@@ -1,0 +1,283 @@
+"""Pure message consumption: fetch in batches, decode, track and commit offsets.
+
+The consumer never runs business logic. Callers report each message as final
+with :meth:`MessageConsumer.commit` (or :meth:`mark_finished`); offsets are then
+committed per partition as *highest contiguous finished offset + 1*, under a
+:class:`CommitPolicy`, on partition revocation, and on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from core.config.settings import RedpandaSettings
+from core.streaming.clients import ConsumerClient, create_consumer
+from core.streaming.errors import ClientClosedError
+from core.streaming.infrastructure.consumed_message import ConsumedMessage, decode_record
+from core.streaming.infrastructure.offset_tracker import CommitPolicy, PartitionOffsets
+from core.streaming.types import TopicPartition
+
+logger = logging.getLogger(__name__)
+
+RevocationHook = Callable[[set[TopicPartition]], Awaitable[None]]
+CommitListener = Callable[[dict[TopicPartition, int]], None]
+
+
+class MessageConsumer:
+    """One consumer flow's Kafka consumer: topics, group id, offsets."""
+
+    def __init__(
+        self,
+        config: RedpandaSettings,
+        topics: Sequence[str],
+        group_id: str,
+        *,
+        commit_policy: CommitPolicy | None = None,
+        auto_offset_reset: str = "earliest",
+        max_poll_records: int = 500,
+        fetch_timeout_ms: int = 100,
+        client_factory: Callable[..., ConsumerClient] | None = None,
+    ) -> None:
+        self.config = config
+        self.topics = list(topics)
+        self.group_id = group_id
+        self.commit_policy = commit_policy or CommitPolicy()
+        self.auto_offset_reset = auto_offset_reset
+        self.max_poll_records = max_poll_records
+        self.fetch_timeout_ms = fetch_timeout_ms
+        self._client_factory = client_factory or create_consumer
+        self._client: ConsumerClient | None = None
+        self._running = False
+        self._stopped = False
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._generation = 0
+        self._finished_since_commit = 0
+        self._last_commit = time.monotonic()
+        self._commit_lock = asyncio.Lock()
+        self._revocation_hook: RevocationHook | None = None
+        self._commit_listeners: list[CommitListener] = []
+        self._assigned_event = asyncio.Event()
+        self.commits = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def is_running(self) -> bool:
+        """True between a successful ``start()`` and ``stop()``."""
+        return self._running
+
+    @property
+    def client(self) -> ConsumerClient:
+        """The underlying client; raises if not started."""
+        if self._client is None:
+            raise ClientClosedError(f"consumer for {self.topics} is not started")
+        return self._client
+
+    async def start(self) -> None:
+        """Join the group and subscribe. Idempotent."""
+        if self._running:
+            return
+        self._stopped = False
+        client = self._client_factory(
+            self.config,
+            self.topics,
+            self.group_id,
+            listener=self,
+            auto_offset_reset=self.auto_offset_reset,
+            max_poll_records=self.max_poll_records,
+        )
+        await client.start()
+        self._client = client
+        self._running = True
+        logger.info("consumer started topics=%s group=%s", self.topics, self.group_id)
+
+    async def stop(self) -> None:
+        """Commit what finished, then leave the group. Idempotent."""
+        if not self._running or self._client is None:
+            return
+        self._running = False
+        try:
+            await self.flush()
+        finally:
+            client, self._client = self._client, None
+            self._offsets.clear()
+            self._stopped = True
+            await client.stop()
+            logger.info("consumer stopped topics=%s group=%s", self.topics, self.group_id)
+
+    def set_revocation_hook(self, hook: RevocationHook | None) -> None:
+        """Awaited on revocation before offsets are committed (to drain in-flight work)."""
+        self._revocation_hook = hook
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Called with the offsets after every successful commit (for metrics)."""
+        self._commit_listeners.append(listener)
+
+    # ------------------------------------------------------------------ fetching
+
+    async def fetch_batch(self, timeout_ms: int | None = None) -> list[ConsumedMessage]:
+        """Fetch the next batch (possibly empty), decoded; commits on the policy's timer."""
+        client = self.client
+        await self._maybe_commit()
+        batches = await client.getmany(
+            timeout_ms=self.fetch_timeout_ms if timeout_ms is None else timeout_ms,
+            max_records=self.max_poll_records,
+        )
+        out: list[ConsumedMessage] = []
+        for tp, records in batches.items():
+            state = self._offsets.get(tp)
+            if state is None:
+                state = self._offsets[tp] = PartitionOffsets(self._generation)
+            for record in records:
+                state.fetched(record.offset)
+                out.append(decode_record(record, state.generation))
+        return out
+
+    async def consume(self) -> AsyncIterator[ConsumedMessage]:
+        """Yield messages one by one, as the plan's consumer does, fetching in batches."""
+        if not self._running:
+            await self.start()
+        while self._running:
+            for message in await self.fetch_batch():
+                yield message
+
+    # ------------------------------------------------------------------ offsets
+
+    def mark_finished(self, message: ConsumedMessage) -> bool:
+        """Record that ``message`` reached a final state; True if it counted.
+
+        A message from an assignment that has since been revoked does not count.
+        """
+        state = self._offsets.get(message.topic_partition)
+        if state is None or state.generation != message.generation:
+            return False
+        state.finish(message.offset)
+        self._finished_since_commit += 1
+        return True
+
+    async def commit(self, message: ConsumedMessage | None = None) -> None:
+        """Mark ``message`` finished and commit if the policy says so.
+
+        Without a message, commits everything finished now.
+        """
+        if message is None:
+            await self.flush()
+            return
+        if not self.mark_finished(message):
+            return
+        policy = self.commit_policy
+        if policy.per_message or self._finished_since_commit >= policy.every:
+            await self.flush()
+
+    async def _maybe_commit(self) -> None:
+        if self._finished_since_commit == 0:
+            return
+        elapsed_ms = (time.monotonic() - self._last_commit) * 1000
+        if (
+            self._finished_since_commit >= self.commit_policy.every
+            or elapsed_ms >= self.commit_policy.interval_ms
+        ):
+            await self.flush()
+
+    async def flush(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit every finished offset now (of ``partitions`` if given)."""
+        if self._client is None:
+            return
+        async with self._commit_lock:
+            offsets = {
+                tp: position
+                for tp, state in self._offsets.items()
+                if (partitions is None or tp in partitions)
+                and (position := state.pending_commit()) is not None
+            }
+            self._finished_since_commit = 0
+            self._last_commit = time.monotonic()
+            if not offsets:
+                return
+            await self._client.commit(offsets)
+            for tp, position in offsets.items():
+                state = self._offsets.get(tp)
+                if state is not None:
+                    state.committed = position
+            self.commits += 1
+            for listener in self._commit_listeners:
+                listener(offsets)
+
+    def committable_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the position a commit would record now."""
+        positions = {tp: state.committable() for tp, state in self._offsets.items()}
+        return {tp: pos for tp, pos in positions.items() if pos is not None}
+
+    def in_flight(self) -> int:
+        """Messages fetched and not yet final, over all partitions."""
+        return sum(state.in_flight_count for state in self._offsets.values())
+
+    # ------------------------------------------------------------------ flow control
+
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions currently assigned to this member."""
+        return self._client.assignment() if self._client else set()
+
+    def pause(self, *tps: TopicPartition) -> None:
+        """Stop fetching from ``tps`` (all assigned partitions if none given)."""
+        if self._client is not None:
+            self._client.pause(*(tps or tuple(self._client.assignment())))
+
+    def resume(self, *tps: TopicPartition) -> None:
+        """Resume fetching from ``tps`` (all paused partitions if none given)."""
+        if self._client is not None:
+            self._client.resume(*(tps or tuple(self._client.paused())))
+
+    def paused(self) -> set[TopicPartition]:
+        """Partitions whose fetching is paused."""
+        return self._client.paused() if self._client else set()
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Per assigned partition: high watermark minus the fetch position."""
+        if self._client is None:
+            return {}
+        result: dict[TopicPartition, int] = {}
+        for tp in self._client.assignment():
+            high = self._client.highwater(tp)
+            state = self._offsets.get(tp)
+            if high is None or state is None or state.next_position is None:
+                continue
+            result[tp] = max(0, high - state.next_position)
+        return result
+
+    async def wait_for_assignment(self, timeout_s: float) -> bool:
+        """Wait until this member owns at least one partition; False on timeout."""
+        try:
+            await asyncio.wait_for(self._assigned_event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ rebalance listener
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Drain in-flight work of ``revoked``, commit what finished, drop their state."""
+        if not revoked:
+            return
+        if self._revocation_hook is not None:
+            await self._revocation_hook(revoked)
+        try:
+            await self.flush(revoked)
+        except Exception:
+            logger.exception("commit on revocation failed for %s", sorted(revoked))
+        for tp in revoked:
+            self._offsets.pop(tp, None)
+        if not self.assignment() - revoked:
+            self._assigned_event.clear()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Start fresh bookkeeping for newly assigned partitions (kept ones keep theirs)."""
+        self._generation += 1
+        for tp in assigned:
+            if tp not in self._offsets:
+                self._offsets[tp] = PartitionOffsets(self._generation)
+        if assigned:
+            self._assigned_event.set()
