@@ -1,0 +1,112 @@
+"""Shared pytest fixtures for tests that talk to the real Kafka broker and redis.
+
+The servers are started by ``bash scripts/test.sh``, which exports
+``KAFKA_BOOTSTRAP_SERVERS`` and ``REDIS_URL``. When those are unset (plain
+``pytest``), tests that need them are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from uuid import uuid4
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+_RUN_HINT = "run the suite with `bash scripts/test.sh`, which starts Kafka and redis"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """Bootstrap servers of the test broker (``KAFKA_BOOTSTRAP_SERVERS``)."""
+    value = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not value:
+        pytest.skip(f"KAFKA_BOOTSTRAP_SERVERS is not set; {_RUN_HINT}")
+    return value
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the test redis-server (``REDIS_URL``)."""
+    value = os.environ.get("REDIS_URL")
+    if not value:
+        pytest.skip(f"REDIS_URL is not set; {_RUN_HINT}")
+    return value
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A short name unique to this test, for topics, groups and keys."""
+    return f"t-{uuid4().hex[:10]}"
+
+
+class KafkaAdmin:
+    """Thin helper over ``AIOKafkaAdminClient`` for test setup."""
+
+    def __init__(self, client: AIOKafkaAdminClient) -> None:
+        self.client = client
+
+    async def create_topic(
+        self,
+        name: str,
+        partitions: int = 3,
+        *,
+        configs: Mapping[str, str] | None = None,
+        wait_s: float = 30.0,
+    ) -> str:
+        """Create ``name`` with ``partitions`` partitions and wait until every
+        partition has a leader. Returns the topic name."""
+        topic = NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=1,
+            topic_configs=dict(configs or {}),
+        )
+        response = await self.client.create_topics([topic])
+        # Errors come back per topic in the response rather than as exceptions.
+        for err in response.to_object().get("topic_errors", []):
+            code = err.get("error_code", 0)
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise RuntimeError(
+                    f"creating topic {name!r} failed: {code} {err.get('error_message')}"
+                )
+        await self.wait_for_topic(name, partitions, wait_s=wait_s)
+        return name
+
+    async def wait_for_topic(self, name: str, partitions: int, *, wait_s: float = 30.0) -> None:
+        """Wait until ``name`` has ``partitions`` partitions, all with a leader."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                described = await self.client.describe_topics([name])
+            except Exception:
+                described = []
+            for info in described:
+                parts = info.get("partitions") or []
+                if (
+                    info.get("error_code", 0) == 0
+                    and len(parts) == partitions
+                    and all(p.get("leader", -1) >= 0 for p in parts)
+                ):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name!r} not ready after {wait_s}s: {described!r}")
+            await asyncio.sleep(0.1)
+
+    async def delete_topic(self, name: str) -> None:
+        await self.client.delete_topics([name])
+
+
+@pytest.fixture
+async def kafka_admin(kafka_bootstrap: str) -> AsyncIterator[KafkaAdmin]:
+    """Admin helper bound to the test broker; use ``await kafka_admin.create_topic(...)``."""
+    client = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await client.start()
+    try:
+        yield KafkaAdmin(client)
+    finally:
+        await client.close()
