@@ -19,9 +19,7 @@ _SHARED: list[structlog.typing.Processor] = [
 ]
 
 
-def configure_logging(
-    fmt: Literal["json", "console"] = "console", level: str = "INFO"
-) -> None:
+def configure_logging(fmt: Literal["json", "console"] = "console", level: str = "INFO") -> None:
     """Set the process-wide log format and level."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: structlog.typing.Processor = (

@@ -23,7 +23,5 @@ def validate_topic_name(name: str) -> str:
             f"topic name is {len(name)} characters, the limit is {MAX_TOPIC_LENGTH}"
         )
     if not _LEGAL.match(name):
-        raise InvalidTopicNameError(
-            f"topic name {name!r} has characters outside [a-zA-Z0-9._-]"
-        )
+        raise InvalidTopicNameError(f"topic name {name!r} has characters outside [a-zA-Z0-9._-]")
     return name

@@ -15,7 +15,6 @@ from typing import Any
 
 from core.config.settings import Settings
 from core.streaming.clients import (
-    TRANSIENT_CLIENT_ERRORS,
     AdminClient,
     Redis,
     create_admin,
@@ -108,7 +107,7 @@ class ConnectionManager:
 
         try:
             await retry_until(attempt, timeout)
-        except (*TRANSIENT_CLIENT_ERRORS, Exception) as exc:
+        except Exception as exc:
             raise BrokerUnavailableError(
                 f"Kafka not reachable at {cfg.bootstrap_servers} after {timeout:g} s "
                 f"({type(exc).__name__})"
@@ -129,9 +128,7 @@ class ConnectionManager:
                 f"({type(exc).__name__})"
             ) from exc
 
-    async def ensure_topics(
-        self, names: Iterable[str], partitions: int | None = None
-    ) -> list[str]:
+    async def ensure_topics(self, names: Iterable[str], partitions: int | None = None) -> list[str]:
         """Create the topics that do not exist yet; returns the created names."""
         cfg = self.settings.redpanda
         specs = [

@@ -60,6 +60,7 @@ class MessageConsumer:
         self._revocation_hook: RevocationHook | None = None
         self._commit_listeners: list[CommitListener] = []
         self._assigned_event = asyncio.Event()
+        self._joined = False
         self.commits = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -105,6 +106,8 @@ class MessageConsumer:
             client, self._client = self._client, None
             self._offsets.clear()
             self._stopped = True
+            self._joined = False
+            self._assigned_event.clear()
             await client.stop()
             logger.info("consumer stopped topics=%s group=%s", self.topics, self.group_id)
 
@@ -215,6 +218,26 @@ class MessageConsumer:
         """Messages fetched and not yet final, over all partitions."""
         return sum(state.in_flight_count for state in self._offsets.values())
 
+    def rewind_unfinished(self) -> dict[TopicPartition, int]:
+        """Seek every partition back to its lowest unfinished offset and forget the rest.
+
+        Used after a crash in the processing path: messages that were fetched but
+        never finished are fetched again instead of being skipped.
+        """
+        if self._client is None:
+            return {}
+        self._generation += 1
+        positions: dict[TopicPartition, int] = {}
+        assigned = self._client.assignment()
+        for tp, state in list(self._offsets.items()):
+            position = state.committable()
+            fresh = PartitionOffsets(self._generation, committed=state.committed)
+            self._offsets[tp] = fresh
+            if position is not None and tp in assigned:
+                self._client.seek(tp, position)
+                positions[tp] = position
+        return positions
+
     # ------------------------------------------------------------------ flow control
 
     def assignment(self) -> set[TopicPartition]:
@@ -248,6 +271,11 @@ class MessageConsumer:
             result[tp] = max(0, high - state.next_position)
         return result
 
+    @property
+    def has_joined(self) -> bool:
+        """True once the group handed this member an assignment (possibly empty)."""
+        return self._joined
+
     async def wait_for_assignment(self, timeout_s: float) -> bool:
         """Wait until this member owns at least one partition; False on timeout."""
         try:
@@ -275,6 +303,7 @@ class MessageConsumer:
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start fresh bookkeeping for newly assigned partitions (kept ones keep theirs)."""
+        self._joined = True
         self._generation += 1
         for tp in assigned:
             if tp not in self._offsets:

@@ -1,0 +1,181 @@
+"""Starts components in dependency order, stops them in reverse, reports health.
+
+A component is anything with ``async start()``, ``async stop()`` and optionally
+``health()`` (plain or async). Components are registered with a stage
+(connections, producers, consumers, loops); start goes stage by stage in
+registration order, and a failure stops everything already started before the
+error (naming the component and the cause) is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol, runtime_checkable
+
+logger = logging.getLogger(__name__)
+
+
+class Stage(IntEnum):
+    """Start order of component kinds; stop runs in reverse."""
+
+    CONNECTIONS = 10
+    PRODUCERS = 20
+    CONSUMERS = 30
+    LOOPS = 40
+    ENDPOINTS = 50
+
+
+@runtime_checkable
+class Component(Protocol):
+    """What the coordinator manages."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ComponentStartError(RuntimeError):
+    """A component failed to start; everything started before it was stopped."""
+
+    def __init__(self, component: str, cause: BaseException) -> None:
+        super().__init__(f"{component} failed to start: {cause}")
+        self.component = component
+        self.cause = cause
+
+
+@dataclass
+class _Entry:
+    name: str
+    component: Component
+    stage: Stage
+    start_timeout_s: float
+    stop_timeout_s: float
+    started: bool = False
+
+
+class LifecycleCoordinator:
+    """Owns the start/stop order and aggregated health of a service's components."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._entries: list[_Entry] = []
+        self._running = False
+        self._stop_requested = asyncio.Event()
+        self.exit_code = 0
+
+    def register(
+        self,
+        name: str,
+        component: Component,
+        stage: Stage,
+        *,
+        start_timeout_s: float = 60.0,
+        stop_timeout_s: float = 60.0,
+    ) -> None:
+        """Add a component; names must be unique."""
+        if any(e.name == name for e in self._entries):
+            raise ValueError(f"component {name!r} is already registered")
+        self._entries.append(_Entry(name, component, stage, start_timeout_s, stop_timeout_s))
+
+    @property
+    def components(self) -> list[str]:
+        """Component names in start order."""
+        return [e.name for e in self._ordered()]
+
+    def _ordered(self) -> list[_Entry]:
+        return sorted(self._entries, key=lambda e: e.stage)
+
+    @property
+    def is_running(self) -> bool:
+        """True after a complete ``start()`` and until ``stop()``."""
+        return self._running
+
+    async def start(self) -> None:
+        """Start every component in order; on failure undo and raise. Idempotent."""
+        if self._running:
+            return
+        self._stop_requested = asyncio.Event()
+        for entry in self._ordered():
+            try:
+                await asyncio.wait_for(entry.component.start(), entry.start_timeout_s)
+            except BaseException as exc:
+                cause: BaseException = exc
+                if isinstance(exc, TimeoutError):
+                    cause = TimeoutError(f"no answer within {entry.start_timeout_s:g} s")
+                logger.error("%s: %s failed to start: %s", self.name, entry.name, cause)
+                await self._stop_started()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise ComponentStartError(entry.name, cause) from exc
+            entry.started = True
+        self._running = True
+
+    async def stop(self) -> None:
+        """Stop every started component in reverse order. Idempotent, never raises."""
+        self._running = False
+        await self._stop_started()
+
+    async def _stop_started(self) -> None:
+        for entry in reversed(self._ordered()):
+            if not entry.started:
+                continue
+            entry.started = False
+            try:
+                await asyncio.wait_for(entry.component.stop(), entry.stop_timeout_s)
+            except Exception:
+                logger.exception("%s: stopping %s failed", self.name, entry.name)
+
+    async def health(self) -> dict[str, Any]:
+        """Each component's health report (or whether it is started)."""
+        report: dict[str, Any] = {}
+        for entry in self._ordered():
+            health: Callable[[], Any] | None = getattr(entry.component, "health", None)
+            if health is None:
+                report[entry.name] = {"started": entry.started}
+                continue
+            try:
+                value = health()
+                if inspect.isawaitable(value):
+                    value = await value
+                report[entry.name] = value
+            except Exception as exc:
+                report[entry.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return report
+
+    def request_stop(self, exit_code: int = 0) -> None:
+        """Ask ``serve()`` to stop (from a signal handler or a supervisor)."""
+        self.exit_code = max(self.exit_code, exit_code)
+        self._stop_requested.set()
+
+    async def serve(
+        self, until: Awaitable[Any] | None = None, *, install_signal_handlers: bool = True
+    ) -> int:
+        """Start, run until SIGTERM/SIGINT (or ``until`` completes), stop; returns exit code."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, self.request_stop)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError):
+                    pass
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop_requested.wait())]
+        if until is not None:
+            waiters.append(asyncio.ensure_future(until))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await self.stop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        return self.exit_code

@@ -1,0 +1,327 @@
+"""Composes a service from consumer flows and producers, and runs it supervised.
+
+Each flow's fetch loop runs under a supervisor: a crash is logged with its
+traceback, counted, the flow is reset without losing messages, and the loop is
+restarted with backoff. Past ``max_loop_restarts`` the service reports
+unhealthy and, if ``exit_on_unhealthy``, asks ``serve()`` to exit non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from core.streaming.infrastructure.connection_manager import ConnectionManager
+from core.streaming.infrastructure.message_consumer import MessageConsumer
+from core.streaming.infrastructure.message_producer import MessageProducer
+from core.streaming.orchestration.consumer_flow import ConsumerFlow, FlowOptions
+from core.streaming.orchestration.lifecycle_coordinator import LifecycleCoordinator, Stage
+from core.streaming.orchestration.ops_server import OpsServer
+from core.streaming.reliability.metrics_collector import MetricsCollector
+from core.streaming.reliability.reliability_layer import ReliabilityLayer
+
+logger = logging.getLogger(__name__)
+
+
+class _FlowSupervisor:
+    """Runs one flow's loop, restarting it after crashes."""
+
+    def __init__(
+        self,
+        flow: ConsumerFlow,
+        orchestrator: ServiceOrchestrator,
+        *,
+        max_restarts: int,
+        initial_backoff_s: float,
+        max_backoff_s: float,
+    ) -> None:
+        self.flow = flow
+        self._orchestrator = orchestrator
+        self.max_restarts = max_restarts
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.restarts = 0
+        self.gave_up = False
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._supervise(), name=f"loop-{self.flow.name}")
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done() and not self.gave_up
+
+    async def _supervise(self) -> None:
+        flow = self.flow
+        backoff = self.initial_backoff_s
+        while True:
+            try:
+                await flow.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.restarts += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.exception(
+                    "flow %s: consumption loop crashed (restart %d of %d)",
+                    flow.name,
+                    self.restarts,
+                    self.max_restarts,
+                )
+                if flow.metrics is not None:
+                    flow.metrics.record_loop_restart(consumer_group=flow.consumer.group_id)
+                try:
+                    await flow.reset_after_crash()
+                except Exception:
+                    logger.exception("flow %s: reset after crash failed", flow.name)
+                if self.restarts > self.max_restarts:
+                    self.gave_up = True
+                    self._orchestrator._on_flow_gave_up(self)
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+
+    async def stop(self) -> None:
+        """Ask the loop to return after its current fetch, then wait for it."""
+        self.flow.request_stop()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 10.0)
+        except TimeoutError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        except Exception:
+            logger.exception("flow %s: loop ended with an error", self.flow.name)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "alive": self.alive,
+            "restarts": self.restarts,
+            "gave_up": self.gave_up,
+            "last_error": self.last_error,
+        }
+
+
+class _TopicEnsurer:
+    """Creates the service's topics at start."""
+
+    def __init__(self, connections: ConnectionManager, topics: list[str]) -> None:
+        self._connections = connections
+        self._topics = topics
+
+    async def start(self) -> None:
+        await self._connections.ensure_topics(self._topics)
+
+    async def stop(self) -> None:
+        return None
+
+
+class ServiceOrchestrator:
+    """A service: connections, producers, consumer flows, supervised loops."""
+
+    def __init__(
+        self,
+        service_name: str,
+        *,
+        connections: ConnectionManager | None = None,
+        metrics: MetricsCollector | None = None,
+        max_loop_restarts: int = 5,
+        exit_on_unhealthy: bool = False,
+        restart_backoff_s: float = 0.5,
+        restart_backoff_max_s: float = 30.0,
+        ops_server: OpsServer | None = None,
+    ) -> None:
+        """Create an empty service; ``ops_server`` is wired to this service's health."""
+        self.service_name = service_name
+        self.connections = connections
+        self.metrics = metrics
+        self.max_loop_restarts = max_loop_restarts
+        self.exit_on_unhealthy = exit_on_unhealthy
+        self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff_max_s = restart_backoff_max_s
+        self.consumers: list[MessageConsumer] = []
+        self.producers: list[MessageProducer] = []
+        self.reliability_layers: list[ReliabilityLayer] = []
+        self.flows: list[ConsumerFlow] = []
+        self._supervisors: list[_FlowSupervisor] = []
+        self._ops_server = ops_server
+        self.coordinator = LifecycleCoordinator(service_name)
+        self._assembled = False
+        self._status = "created"
+        self._extra_registries: list[CollectorRegistry] = []
+        self._internal_producers: list[MessageProducer] = []
+        self.startup_topics: list[str] = []
+
+    # ------------------------------------------------------------------ composition
+
+    def add_consumer_flow(
+        self,
+        consumer: MessageConsumer,
+        reliability_layer: ReliabilityLayer,
+        options: FlowOptions | None = None,
+    ) -> ConsumerFlow:
+        """Add a consumer and the reliability layer that handles its messages."""
+        self._check_not_started()
+        flow = ConsumerFlow(consumer, reliability_layer, options)
+        self.consumers.append(consumer)
+        self.reliability_layers.append(reliability_layer)
+        self.flows.append(flow)
+        return flow
+
+    def add_producer(self, producer: MessageProducer, *, internal: bool = False) -> None:
+        """Add a producer; it starts before and stops after every consumer flow.
+
+        ``internal`` producers (the dead-letter one) are managed but are not the
+        service's ``producer``.
+        """
+        self._check_not_started()
+        (self._internal_producers if internal else self.producers).append(producer)
+
+    def ensure_topics_on_start(self, topics: list[str]) -> None:
+        """Create these topics (idempotently) right after the connections start."""
+        self.startup_topics.extend(t for t in topics if t not in self.startup_topics)
+
+    def add_metrics_registry(self, registry: CollectorRegistry) -> None:
+        """Expose another registry on ``/metrics``."""
+        self._extra_registries.append(registry)
+
+    @property
+    def producer(self) -> MessageProducer:
+        """The service's producer, for publishing from handlers."""
+        if not self.producers:
+            raise RuntimeError(f"service {self.service_name} has no producer (add_producer())")
+        return self.producers[0]
+
+    @property
+    def ops_server(self) -> OpsServer | None:
+        """The HTTP health/metrics endpoint, if enabled."""
+        return self._ops_server
+
+    def _check_not_started(self) -> None:
+        if self._assembled:
+            raise RuntimeError("components cannot be added after start()")
+
+    def _assemble(self) -> None:
+        if self._assembled:
+            return
+        self._assembled = True
+        register = self.coordinator.register
+        if self.connections is not None:
+            register("connections", self.connections, Stage.CONNECTIONS)
+            if self.startup_topics:
+                register(
+                    "topics",
+                    _TopicEnsurer(self.connections, self.startup_topics),
+                    Stage.CONNECTIONS,
+                )
+        for i, producer in enumerate(self.producers):
+            register(f"producer[{i}]", producer, Stage.PRODUCERS)
+        for i, producer in enumerate(self._internal_producers):
+            register(f"dead-letter-producer[{i}]", producer, Stage.PRODUCERS)
+        for flow in self.flows:
+            register(f"flow[{flow.name}]", flow, Stage.CONSUMERS)
+            supervisor = _FlowSupervisor(
+                flow,
+                self,
+                max_restarts=self.max_loop_restarts,
+                initial_backoff_s=self.restart_backoff_s,
+                max_backoff_s=self.restart_backoff_max_s,
+            )
+            self._supervisors.append(supervisor)
+            register(f"loop[{flow.name}]", supervisor, Stage.LOOPS)
+        if self._ops_server is not None:
+            register("ops-server", self._ops_server, Stage.ENDPOINTS)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start connections, producers, consumers, then loops. Idempotent."""
+        if self.coordinator.is_running:
+            return
+        self._assemble()
+        self._status = "starting"
+        try:
+            await self.coordinator.start()
+        except BaseException:
+            self._status = "failed"
+            raise
+        self._status = "running"
+
+    async def stop(self) -> None:
+        """Drain and stop everything in reverse order. Safe before start and twice."""
+        if not self._assembled:
+            return
+        if self._status in ("stopped", "created"):
+            return
+        self._status = "stopping"
+        await self.coordinator.stop()
+        self._status = "stopped"
+
+    async def serve(self, until: Awaitable[Any] | None = None) -> int:
+        """Start, run until SIGTERM/SIGINT (or ``until``), drain; returns the exit code."""
+        await self.start()
+        try:
+            return await self.coordinator.serve(until)
+        finally:
+            self._status = "stopped"
+
+    def _on_flow_gave_up(self, supervisor: _FlowSupervisor) -> None:
+        logger.error(
+            "service %s: flow %s crashed %d times; service is unhealthy",
+            self.service_name,
+            supervisor.flow.name,
+            supervisor.restarts,
+        )
+        if self.exit_on_unhealthy:
+            self.coordinator.request_stop(exit_code=1)
+
+    # ------------------------------------------------------------------ health
+
+    @property
+    def is_live(self) -> bool:
+        """Every consumption loop is alive (has not given up)."""
+        return self._status == "running" and all(s.alive for s in self._supervisors)
+
+    async def is_ready(self) -> bool:
+        """Live, connections up, and every consumer joined its group."""
+        return bool((await self.health())["ready"])
+
+    def registries(self) -> list[CollectorRegistry]:
+        """Metric registries exposed by this service."""
+        found: list[CollectorRegistry] = []
+        candidates = [self.metrics] + [layer.metrics_collector for layer in self.reliability_layers]
+        for collector in candidates:
+            if collector is not None and collector.registry not in found:
+                found.append(collector.registry)
+        return found + [r for r in self._extra_registries if r not in found]
+
+    async def health(self) -> dict[str, Any]:
+        """Aggregated report: ``status``, ``live``, ``ready`` and per-component detail."""
+        components = await self.coordinator.health()
+        live = self.is_live
+        connections_ok = True
+        if self.connections is not None and self._status == "running":
+            connections_ok = bool(components.get("connections", {}).get("healthy", False))
+        joined = all(c.has_joined for c in self.consumers)
+        ready = live and connections_ok and joined
+        status = self._status
+        if status == "running" and not live:
+            status = "unhealthy"
+        elif status == "running" and not ready:
+            status = "starting"
+        return {
+            "service": self.service_name,
+            "status": status,
+            "live": live,
+            "ready": ready,
+            "components": components,
+        }

@@ -1,0 +1,309 @@
+"""Fluent assembly of a streaming service from its parts.
+
+Call order does not matter: flows are assembled in :meth:`build`, so
+``with_redis`` after ``add_consumer_handler`` still gives that flow dedup.
+Reliability features default from ``Settings`` (``settings.reliability_for(name)``),
+so a deployment can switch dedup, retries, dead letters or metrics for one
+service with environment variables; per-flow keyword overrides win over both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.config.settings import RedpandaSettings, ReliabilitySettings, Settings
+from core.streaming.clients import Redis
+from core.streaming.infrastructure.connection_manager import ConnectionManager
+from core.streaming.infrastructure.message_consumer import MessageConsumer
+from core.streaming.infrastructure.message_producer import MessageProducer
+from core.streaming.infrastructure.offset_tracker import CommitPolicy
+from core.streaming.orchestration.consumer_flow import FlowOptions
+from core.streaming.orchestration.dispatcher import OrderingMode
+from core.streaming.orchestration.ops_server import OpsServer
+from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
+from core.streaming.reliability.deduplication_manager import DeduplicationManager
+from core.streaming.reliability.error_handler import ErrorHandler
+from core.streaming.reliability.metrics_collector import MetricsCollector
+from core.streaming.reliability.reliability_layer import ReliabilityLayer
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FlowOverrides:
+    """Per-flow settings that win over the service's; ``None`` keeps the default."""
+
+    dedup: bool | None = None
+    retry_attempts: int | None = None
+    retry_backoff_initial_ms: int | None = None
+    retry_backoff_max_ms: int | None = None
+    dead_letters: bool | None = None
+    dead_letter_topic: str | None = None
+    ordering: OrderingMode | None = None
+    concurrency: int | None = None
+    commit_policy: CommitPolicy | None = None
+    max_in_flight: int | None = None
+    auto_offset_reset: str = "earliest"
+    error_handler: ErrorHandler | None = None
+
+
+@dataclass
+class _FlowSpec:
+    topics: list[str]
+    group_id: str
+    handler: Handler
+    overrides: FlowOverrides = field(default_factory=FlowOverrides)
+
+
+class StreamServiceBuilder:
+    """Builds a :class:`ServiceOrchestrator` from handlers and reliability choices."""
+
+    def __init__(
+        self,
+        service_name: str,
+        config: RedpandaSettings | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.service_name = service_name
+        self.settings = settings or Settings()
+        self.config = config or self.settings.redpanda
+        self._redis_client: Redis | None = None
+        self._use_redis = False
+        self._error_handler: ErrorHandler | None = None
+        self._retry: dict[str, int] = {}
+        self._metrics_collector: MetricsCollector | None = None
+        self._flows: list[_FlowSpec] = []
+        self._want_producer = False
+        self._produced_topics: list[str] = []
+        self._ensure_topics = True
+        self._ops: tuple[str, int] | None = None
+        self._built: ServiceOrchestrator | None = None
+
+    # ------------------------------------------------------------------ choices
+
+    def with_redis(self, redis_client: Redis | None = None) -> StreamServiceBuilder:
+        """Use Redis for deduplication: this client, or the one from settings."""
+        self._redis_client = redis_client
+        self._use_redis = True
+        return self
+
+    def with_error_handling(
+        self,
+        error_handler: ErrorHandler | None = None,
+        *,
+        max_attempts: int | None = None,
+        backoff_initial_ms: int | None = None,
+        backoff_max_ms: int | None = None,
+    ) -> StreamServiceBuilder:
+        """Use this error handler for every flow, or tune the default retry policy."""
+        self._error_handler = error_handler
+        for name, value in (
+            ("retry_max_attempts", max_attempts),
+            ("retry_backoff_initial_ms", backoff_initial_ms),
+            ("retry_backoff_max_ms", backoff_max_ms),
+        ):
+            if value is not None:
+                self._retry[name] = value
+        return self
+
+    def with_metrics(
+        self, metrics_collector: MetricsCollector | None = None
+    ) -> StreamServiceBuilder:
+        """Use this metrics collector (one is made from settings otherwise)."""
+        self._metrics_collector = metrics_collector
+        return self
+
+    def with_ops_server(
+        self, host: str | None = None, port: int | None = None
+    ) -> StreamServiceBuilder:
+        """Serve /health/live, /health/ready and /metrics over HTTP."""
+        obs = self.settings.observability
+        self._ops = (host or obs.http_host, obs.http_port if port is None else port)
+        return self
+
+    def ensure_topics(self, enabled: bool = True) -> StreamServiceBuilder:
+        """Create consumed, produced and dead-letter topics at start (default on)."""
+        self._ensure_topics = enabled
+        return self
+
+    def add_consumer_handler(
+        self,
+        topics: Sequence[str],
+        group_id: str,
+        handler_func: Handler,
+        **overrides: Any,
+    ) -> StreamServiceBuilder:
+        """Consume ``topics`` in ``group_id`` and hand each event to ``handler_func``.
+
+        Keyword overrides are the fields of :class:`FlowOverrides` (``dedup``,
+        ``retry_attempts``, ``dead_letter_topic``, ``ordering``, ``concurrency``,
+        ``commit_policy``, ...).
+        """
+        if isinstance(topics, str):
+            topics = [topics]
+        self._flows.append(
+            _FlowSpec(list(topics), group_id, handler_func, FlowOverrides(**overrides))
+        )
+        return self
+
+    def add_producer(self, topics: Sequence[str] = ()) -> StreamServiceBuilder:
+        """Give the service a producer (``orchestrator.producer``); ``topics`` are ensured."""
+        self._want_producer = True
+        self._produced_topics.extend(topics)
+        return self
+
+    # ------------------------------------------------------------------ assembly
+
+    def reliability(self) -> ReliabilitySettings:
+        """The service's reliability settings: settings, per-service env overrides, builder."""
+        base = self.settings.reliability_for(self.service_name)
+        return base.model_copy(update=self._retry) if self._retry else base
+
+    def build(self) -> ServiceOrchestrator:
+        """Assemble the service. Calling it again returns the same orchestrator."""
+        if self._built is not None:
+            return self._built
+        rel = self.reliability()
+        dedup_flows = [spec for spec in self._flows if self._dedup_on(spec, rel)]
+        connections = ConnectionManager(
+            self.settings.model_copy(update={"redpanda": self.config}),
+            use_redis=bool(dedup_flows),
+            redis_client=self._redis_client,
+        )
+        metrics = None
+        if rel.metrics_enabled:
+            metrics = self._metrics_collector or MetricsCollector(self.service_name)
+        ops = None
+        if self._ops is None and self.settings.observability.http_enabled:
+            self.with_ops_server()
+        orchestrator = ServiceOrchestrator(
+            self.service_name,
+            connections=connections,
+            metrics=metrics,
+            max_loop_restarts=rel.max_loop_restarts,
+            exit_on_unhealthy=rel.exit_on_unhealthy,
+        )
+        if self._ops is not None:
+            ops = OpsServer(
+                orchestrator.health, orchestrator.registries, host=self._ops[0], port=self._ops[1]
+            )
+            orchestrator._ops_server = ops
+        producer: MessageProducer | None = None
+        if self._want_producer:
+            producer = MessageProducer(self.config, self.service_name)
+            orchestrator.add_producer(producer)
+        needs_dlq = any(self._dead_letters_on(spec, rel) for spec in self._flows)
+        dlq_producer = producer
+        if needs_dlq and dlq_producer is None and self._error_handler is None:
+            dlq_producer = MessageProducer(self.config, f"{self.service_name}-dlq")
+            orchestrator.add_producer(dlq_producer, internal=True)
+        topics: list[str] = []
+        for spec in self._flows:
+            flow_rel = self._flow_settings(spec, rel)
+            consumer = MessageConsumer(
+                self.config,
+                spec.topics,
+                spec.group_id,
+                commit_policy=spec.overrides.commit_policy
+                or CommitPolicy(
+                    every=flow_rel.commit_every, interval_ms=flow_rel.commit_interval_ms
+                ),
+                auto_offset_reset=spec.overrides.auto_offset_reset,
+            )
+            error_handler = spec.overrides.error_handler or self._error_handler
+            if error_handler is None:
+                error_handler = ErrorHandler(
+                    dlq_producer,
+                    self.service_name,
+                    consumer_group=spec.group_id,
+                    max_attempts=flow_rel.retry_max_attempts,
+                    backoff_initial_ms=flow_rel.retry_backoff_initial_ms,
+                    backoff_max_ms=flow_rel.retry_backoff_max_ms,
+                    dead_letter_enabled=flow_rel.dead_letter_enabled,
+                    dead_letter_suffix=flow_rel.dead_letter_suffix,
+                    dead_letter_topic=spec.overrides.dead_letter_topic,
+                    metrics=metrics,
+                )
+            deduplicator = None
+            if spec in dedup_flows:
+                deduplicator = DeduplicationManager(
+                    connections.redis,
+                    self.service_name,
+                    flow_rel.dedup_ttl_seconds,
+                    consumer_group=spec.group_id,
+                    processing_ttl_ms=flow_rel.dedup_processing_ttl_ms,
+                    local_cache_size=flow_rel.dedup_local_cache_size,
+                    failure_policy=flow_rel.dedup_failure_policy,
+                    metrics=metrics,
+                )
+            layer = ReliabilityLayer(
+                self.service_name,
+                spec.handler,
+                consumer,
+                deduplicator=deduplicator,
+                error_handler=error_handler,
+                metrics_collector=metrics,
+            )
+            orchestrator.add_consumer_flow(
+                consumer,
+                layer,
+                FlowOptions(
+                    ordering=flow_rel.ordering,
+                    concurrency=flow_rel.default_concurrency,
+                    max_in_flight=flow_rel.max_in_flight,
+                    max_in_flight_bytes=flow_rel.max_in_flight_bytes,
+                    drain_timeout_s=flow_rel.drain_timeout_s,
+                ),
+            )
+            topics.extend(spec.topics)
+            if flow_rel.dead_letter_enabled:
+                topics.extend(error_handler.dead_letter_topic_for(t) for t in spec.topics)
+        topics.extend(self._produced_topics)
+        if self._ensure_topics:
+            orchestrator.ensure_topics_on_start(topics)
+        if (
+            dedup_flows
+            and self._redis_client is None
+            and self.settings.redis.is_embedded
+            and not self.config.is_embedded
+        ):
+            logger.warning(
+                "%s: dedup uses the in-process store (redis url memory://); "
+                "it is not shared between processes or restarts",
+                self.service_name,
+            )
+        self._built = orchestrator
+        return orchestrator
+
+    def _dedup_on(self, spec: _FlowSpec, rel: ReliabilitySettings) -> bool:
+        if spec.overrides.dedup is not None:
+            return spec.overrides.dedup and (self._use_redis or rel.dedup_enabled)
+        return self._use_redis and rel.dedup_enabled
+
+    def _dead_letters_on(self, spec: _FlowSpec, rel: ReliabilitySettings) -> bool:
+        return (
+            spec.overrides.dead_letters
+            if spec.overrides.dead_letters is not None
+            else rel.dead_letter_enabled
+        )
+
+    def _flow_settings(self, spec: _FlowSpec, rel: ReliabilitySettings) -> ReliabilitySettings:
+        o = spec.overrides
+        update: dict[str, Any] = {}
+        for field_name, value in (
+            ("retry_max_attempts", o.retry_attempts),
+            ("retry_backoff_initial_ms", o.retry_backoff_initial_ms),
+            ("retry_backoff_max_ms", o.retry_backoff_max_ms),
+            ("dead_letter_enabled", o.dead_letters),
+            ("ordering", o.ordering),
+            ("default_concurrency", o.concurrency),
+            ("max_in_flight", o.max_in_flight),
+        ):
+            if value is not None:
+                update[field_name] = value
+        return rel.model_copy(update=update) if update else rel
