@@ -36,6 +36,7 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.config.settings import RedisSettings, RedpandaSettings
@@ -55,6 +56,9 @@ TRANSIENT_CLIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
+
+#: Every error the Redis client raises (server replies such as OOM or READONLY included).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError,)
 
 #: Exceptions that mean "the broker refused this and will refuse it again".
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError,)

@@ -137,6 +137,7 @@ class ConsumerFlow:
 
     async def _on_revoke(self, partitions: set[TopicPartition]) -> None:
         dropped = self.dispatcher.drop_queued(partitions)
+        await self.layer.release_claims(dropped)
         drained = await self.dispatcher.wait_partitions(
             partitions, self.options.revocation_timeout_s
         )
@@ -161,7 +162,7 @@ class ConsumerFlow:
         ones are committed, and every partition is rewound to its lowest
         unfinished offset so the rest is fetched again.
         """
-        self.dispatcher.drop_queued()
+        await self.layer.release_claims(self.dispatcher.drop_queued())
         await self.dispatcher.wait_idle(self.options.drain_timeout_s)
         await self.dispatcher.close()
         await self.layer.flush_done()

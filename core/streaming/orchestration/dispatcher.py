@@ -136,14 +136,16 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._progress.wait(), timeout_s)
 
-    def drop_queued(self, partitions: set[TopicPartition] | None = None) -> int:
-        """Forget queued, not yet started messages (of ``partitions``); returns how many."""
-        dropped = 0
+    def drop_queued(
+        self, partitions: set[TopicPartition] | None = None
+    ) -> list[tuple[ConsumedMessage, ClaimResult | None]]:
+        """Forget queued, not yet started messages (of ``partitions``); returns them."""
+        dropped: list[tuple[ConsumedMessage, ClaimResult | None]] = []
         for lane in self._lanes.values():
             keep: deque[tuple[ConsumedMessage, ClaimResult | None]] = deque()
             for item in lane.queue:
                 if partitions is None or item[0].topic_partition in partitions:
-                    dropped += 1
+                    dropped.append(item)
                     self.in_flight -= 1
                     self.in_flight_bytes -= item[0].size
                 else:

@@ -214,6 +214,7 @@ class DeduplicationManager:
     # ------------------------------------------------------------------ claims
 
     def _interpret(self, event_id: str, reply: Any, sent_at: float) -> ClaimResult:
+        """One key's script reply as a result; a ``done`` one is cached until it expires."""
         if reply == 1:
             return ClaimResult.CLAIMED
         value, pttl = reply
@@ -279,7 +280,12 @@ class DeduplicationManager:
         await self.mark_done_many((event_id,))
 
     async def mark_done_many(self, event_ids: Sequence[str]) -> None:
-        """Record a batch of ids as handled, pipelined in one round trip."""
+        """Record a batch of ids as handled, pipelined in one round trip.
+
+        When Redis is unreachable the ids are still remembered in the local cache;
+        then nothing else happens under ``fail_open``, and ``fail_closed`` raises
+        :class:`DedupUnavailableError` so the caller retries before committing.
+        """
         if not event_ids:
             return
         sent_at = self._clock()

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from tenacity import (
@@ -28,11 +29,16 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
 )
 
 from core.streaming.clients import TRANSIENT_CLIENT_ERRORS
-from core.streaming.errors import PermanentError, RetryableError, StreamingError
+from core.streaming.errors import (
+    MessageTooLargeError,
+    PermanentError,
+    RetryableError,
+    StreamingError,
+)
 from core.streaming.infrastructure.consumed_message import ConsumedMessage
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.reliability.metrics_collector import DEFAULT_GROUP, MetricsCollector
@@ -69,6 +75,7 @@ DEAD_LETTER_HEADERS: tuple[str, ...] = (
 #: Byte bounds of the free-text headers.
 MAX_MESSAGE_BYTES = 1024
 MAX_TRACEBACK_BYTES = 4096
+COMPACT_MESSAGE_BYTES = 256
 _TRUNCATED = "...\n"
 
 
@@ -173,10 +180,16 @@ def dead_letter_headers(
     service_name: str,
     consumer_group: str,
     failed_at: datetime | None = None,
+    compact: bool = False,
 ) -> list[tuple[str, bytes]]:
-    """The headers of a dead letter: the original ones, then the ``dlq.*`` ones."""
+    """The headers of a dead letter: the original ones, then the ``dlq.*`` ones.
+
+    ``compact`` leaves the traceback empty and shortens the message to
+    ``COMPACT_MESSAGE_BYTES``, for records too large to carry the full text.
+    """
     when = (failed_at or datetime.now(UTC)).astimezone(UTC)
-    trace = "".join(traceback.format_exception(error))
+    trace = "" if compact else "".join(traceback.format_exception(error))
+    message_limit = COMPACT_MESSAGE_BYTES if compact else MAX_MESSAGE_BYTES
     return [
         *raw_message.headers,
         (HEADER_ORIGINAL_TOPIC, raw_message.topic.encode()),
@@ -186,7 +199,7 @@ def dead_letter_headers(
         (HEADER_CONSUMER_GROUP, consumer_group.encode()),
         (HEADER_SERVICE, service_name.encode()),
         (HEADER_EXCEPTION_TYPE, exception_type_name(error).encode()),
-        (HEADER_EXCEPTION_MESSAGE, _head_bytes(str(error), MAX_MESSAGE_BYTES)),
+        (HEADER_EXCEPTION_MESSAGE, _head_bytes(str(error), message_limit)),
         (HEADER_EXCEPTION_TRACEBACK, _tail_bytes(trace, MAX_TRACEBACK_BYTES)),
         (HEADER_ATTEMPTS, str(attempts).encode()),
         (HEADER_FAILED_AT, when.isoformat(timespec="milliseconds").encode()),
@@ -254,9 +267,13 @@ class ErrorHandler:
         self.classifier = classifier
         self.dlq_retry_backoff_initial_s = min(dlq_retry_backoff_initial_s, dlq_retry_backoff_max_s)
         self.dlq_retry_backoff_max_s = dlq_retry_backoff_max_s
+        self._exponential = wait_exponential(
+            multiplier=self.backoff_initial_s, max=self.backoff_max_s
+        )
         self._stop_retries = asyncio.Event()
         self._blocked = 0
         self.dead_lettered = 0
+        self.dead_letter_write_failures = 0
 
     # ------------------------------------------------------------------ topics, state
 
@@ -283,9 +300,15 @@ class ErrorHandler:
             "dead_letter_blocked": self.dead_letter_blocked,
             "blocked_messages": self._blocked,
             "dead_lettered": self.dead_lettered,
+            "dead_letter_write_failures": self.dead_letter_write_failures,
         }
 
     # ------------------------------------------------------------------ retries
+
+    def _retry_wait(self, state: RetryCallState) -> float:
+        """Exponential backoff (initial, 2x, 4x, ...) plus up to ``initial`` of jitter, capped."""
+        jitter = random.uniform(0, self.backoff_initial_s)
+        return min(self._exponential(state) + jitter, self.backoff_max_s)
 
     def _is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, Exception) and self.classifier(exc) is ErrorClass.RETRYABLE
@@ -336,11 +359,7 @@ class ErrorHandler:
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
-            wait=wait_exponential_jitter(
-                initial=self.backoff_initial_s,
-                max=self.backoff_max_s,
-                jitter=self.backoff_initial_s,
-            ),
+            wait=self._retry_wait,
             retry=retry_if_exception(self._is_retryable),
             before_sleep=before_sleep,
             reraise=True,
@@ -420,6 +439,26 @@ class ErrorHandler:
 
     # ------------------------------------------------------------------ dead letters
 
+    async def _block_without_dead_letters(
+        self, raw_message: ConsumedMessage, error: BaseException
+    ) -> NoReturn:
+        """With dead letters disabled, hold the message uncommitted until retries stop."""
+        self._blocked += 1
+        try:
+            logger.error(
+                "%s must be dead-lettered (%s: %s) but dead letters are disabled; "
+                "it is not committed and the flow waits until it is stopped",
+                raw_message.location(),
+                type(error).__name__,
+                error,
+            )
+            await self._stop_retries.wait()
+        finally:
+            self._blocked -= 1
+        raise DeadLetterAbortedError(
+            f"{raw_message.location()} cannot be dead-lettered (disabled); not committed"
+        ) from error
+
     async def dead_letter(
         self, raw_message: ConsumedMessage, error: BaseException, attempts: int
     ) -> None:
@@ -427,10 +466,12 @@ class ErrorHandler:
 
         Returns once the broker acknowledged the write. A failing write is retried
         (see the class docstring); :class:`DeadLetterAbortedError` when retries are
-        stopped first.
+        stopped first. With dead letters disabled nothing can finish the message:
+        the call waits, uncommitted, until :meth:`stop_dead_letter_retries`, then
+        raises :class:`DeadLetterAbortedError`.
         """
         if not self.dead_letter_enabled or self.producer is None:
-            raise RuntimeError("dead letters are disabled for this flow")
+            await self._block_without_dead_letters(raw_message, error)
         headers = dead_letter_headers(
             raw_message,
             error,
@@ -438,37 +479,44 @@ class ErrorHandler:
             service_name=self.service_name,
             consumer_group=self.consumer_group,
         )
+        compact = False
         delay = self.dlq_retry_backoff_initial_s
         failures = 0
         try:
             while True:
                 topic = self.dead_letter_topic_for(raw_message.topic)
+                failure: Exception
                 try:
                     await self.producer.send_raw(
                         topic, raw_message.key, raw_message.raw_value, headers
                     )
+                except MessageTooLargeError as exc:
+                    if not compact:
+                        logger.warning(
+                            "dead letter of %s is too large with its traceback; "
+                            "sending it with compact error headers (%s)",
+                            raw_message.location(),
+                            exc,
+                        )
+                        compact = True
+                        headers = dead_letter_headers(
+                            raw_message,
+                            error,
+                            attempts,
+                            service_name=self.service_name,
+                            consumer_group=self.consumer_group,
+                            compact=True,
+                        )
+                        continue
+                    failure = exc
                 except Exception as exc:
-                    failures += 1
-                    if failures == 1:
-                        self._blocked += 1
-                    logger.error(
-                        "dead-letter write of %s to %r failed (%s: %s); nothing is committed "
-                        "and the flow waits; retry %d in %.2f s",
-                        raw_message.location(),
-                        topic,
-                        type(exc).__name__,
-                        exc,
-                        failures,
-                        delay,
-                    )
-                    if await self._wait_or_stop(delay):
-                        raise DeadLetterAbortedError(
-                            f"dead-letter write of {raw_message.location()} to {topic!r} "
-                            "failed and retries were stopped; not committed"
-                        ) from exc
-                    delay = min(delay * 2, self.dlq_retry_backoff_max_s)
-                    continue
-                break
+                    failure = exc
+                else:
+                    break
+                failures += 1
+                if failures == 1:
+                    self._blocked += 1
+                delay = await self._after_failed_write(raw_message, topic, failure, failures, delay)
         finally:
             if failures:
                 self._blocked -= 1
@@ -484,3 +532,33 @@ class ErrorHandler:
             self.metrics.record_dead_letter(
                 raw_message.topic, type(error).__name__, consumer_group=self.consumer_group
             )
+
+    async def _after_failed_write(
+        self,
+        raw_message: ConsumedMessage,
+        topic: str,
+        exc: Exception,
+        failures: int,
+        delay: float,
+    ) -> float:
+        """Log a failed dead-letter write, wait ``delay``, and return the next delay.
+
+        Raises :class:`DeadLetterAbortedError` when retries are stopped.
+        """
+        self.dead_letter_write_failures += 1
+        logger.error(
+            "dead-letter write of %s to %r failed (%s: %s); nothing is committed "
+            "and the flow waits; retry %d in %.2f s",
+            raw_message.location(),
+            topic,
+            type(exc).__name__,
+            exc,
+            failures,
+            delay,
+        )
+        if await self._wait_or_stop(delay):
+            raise DeadLetterAbortedError(
+                f"dead-letter write of {raw_message.location()} to {topic!r} "
+                "failed and retries were stopped; not committed"
+            ) from exc
+        return min(delay * 2, self.dlq_retry_backoff_max_s)

@@ -148,6 +148,16 @@ class ReliabilityLayer:
                 await asyncio.sleep(backoff)
                 backoff = min(_CLAIM_RETRY_MAX_S * 5, backoff * 2)
 
+    async def release_claims(
+        self, items: Iterable[tuple[ConsumedMessage, ClaimResult | None]]
+    ) -> None:
+        """Give back batch claims of messages that will not be processed here."""
+        if self.deduplicator is None:
+            return
+        ids = [dedup_id(m) for m, claim in items if claim is ClaimResult.CLAIMED]
+        if ids:
+            await self.deduplicator.release_many(ids)
+
     async def flush_done(self) -> None:
         """Write buffered done marks in one pipelined call, then finish their messages."""
         async with self._flush_lock:

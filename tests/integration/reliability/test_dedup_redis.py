@@ -1,0 +1,219 @@
+"""DeduplicationManager against a real redis-server: races, TTLs, Redis going away."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from core.config.settings import RedisSettings
+from core.streaming.clients import Redis, create_redis
+from core.streaming.reliability.deduplication_manager import (
+    ClaimResult,
+    DeduplicationManager,
+    DedupUnavailableError,
+)
+from core.streaming.reliability.metrics_collector import MetricsCollector
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
+
+
+def connect(url: str) -> Redis:
+    return create_redis(RedisSettings(url=SecretStr(url), connect_timeout_s=1, socket_timeout_s=1))
+
+
+@pytest.fixture
+async def two_clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis]]:
+    first, second = connect(redis_url), connect(redis_url)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_racing_claims_have_exactly_one_winner(
+    two_clients: tuple[Redis, Redis], unique_name: str
+) -> None:
+    first = DeduplicationManager(two_clients[0], unique_name, consumer_group="g")
+    second = DeduplicationManager(two_clients[1], unique_name, consumer_group="g")
+    await first.claim("warm-up")
+    await second.claim("warm-up")
+    for i in range(200):
+        event_id = f"race-{i}"
+        results = await asyncio.gather(first.claim(event_id), second.claim(event_id))
+        assert sorted(results) == sorted([ClaimResult.CLAIMED, ClaimResult.IN_PROGRESS]), (
+            i,
+            results,
+        )
+
+
+async def test_racing_batches_claim_each_id_once(
+    two_clients: tuple[Redis, Redis], unique_name: str
+) -> None:
+    first = DeduplicationManager(two_clients[0], unique_name)
+    second = DeduplicationManager(two_clients[1], unique_name)
+    for round_no in range(20):
+        ids = [f"batch-{round_no}-{i}" for i in range(50)]
+        a, b = await asyncio.gather(first.claim_many(ids), second.claim_many(reversed(ids)))
+        for event_id in ids:
+            pair = sorted([a[event_id], b[event_id]])
+            assert pair == sorted([ClaimResult.CLAIMED, ClaimResult.IN_PROGRESS]), event_id
+
+
+async def test_lifecycle_and_ttls_on_real_redis(
+    two_clients: tuple[Redis, Redis], unique_name: str
+) -> None:
+    client = two_clients[0]
+    worker = DeduplicationManager(client, unique_name, 30, processing_ttl_ms=2_000)
+    other = DeduplicationManager(two_clients[1], unique_name, 30, processing_ttl_ms=2_000)
+    assert await worker.claim("e1") is ClaimResult.CLAIMED
+    assert 0 < await client.pttl(worker.key_for("e1")) <= 2_000
+    await other.release("e1")
+    assert await other.claim("e1") is ClaimResult.IN_PROGRESS
+    await worker.release("e1")
+    assert await other.claim("e1") is ClaimResult.CLAIMED
+    await other.mark_done_many(["e1", "e2"])
+    assert 2_000 < await client.pttl(worker.key_for("e1")) <= 30_000
+    assert await worker.claim_many(["e1", "e2", "e3"]) == {
+        "e1": ClaimResult.DUPLICATE,
+        "e2": ClaimResult.DUPLICATE,
+        "e3": ClaimResult.CLAIMED,
+    }
+    await worker.release("e1")
+    assert await client.get(worker.key_for("e1")) == b"done"
+    assert await DeduplicationManager(client, unique_name).is_duplicate("e2")
+
+
+async def test_crashed_workers_claim_expires(
+    two_clients: tuple[Redis, Redis], unique_name: str
+) -> None:
+    crashed = DeduplicationManager(two_clients[0], unique_name, processing_ttl_ms=200)
+    survivor = DeduplicationManager(two_clients[1], unique_name, processing_ttl_ms=200)
+    assert await crashed.claim("e1") is ClaimResult.CLAIMED
+    assert await survivor.claim("e1") is ClaimResult.IN_PROGRESS
+    result = ClaimResult.IN_PROGRESS
+    for _ in range(100):
+        result = await survivor.claim("e1")
+        if result is not ClaimResult.IN_PROGRESS:
+            break
+        await asyncio.sleep(0.02)
+    assert result is ClaimResult.CLAIMED
+
+
+# --------------------------------------------------------------------------- Redis stopped
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A redis-server of this test alone, driven by ``TRADESTREAM_REDIS_SCRIPT``.
+
+    Stopping the shared test server would break tests running beside this one,
+    so the script runs with a port and state directory of our own.
+    """
+
+    def __init__(self, script: str, state_dir: Path) -> None:
+        self.script = script
+        self.port = _free_port()
+        self.env = {**os.environ, "REDIS_PORT": str(self.port), "INFRA_DIR": str(state_dir)}
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    async def run(self, command: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            self.script,
+            command,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, f"redis.sh {command} failed: {err.decode()}"
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    script = os.environ.get("TRADESTREAM_REDIS_SCRIPT")
+    if not script:
+        pytest.skip("TRADESTREAM_REDIS_SCRIPT is not set")
+    server = PrivateRedis(script, tmp_path / "infra")
+    await server.run("start")
+    try:
+        yield server
+    finally:
+        await server.run("stop")
+
+
+async def _claim_until_claimed(
+    call: Callable[[], Awaitable[ClaimResult]], limit_s: float = 10.0
+) -> ClaimResult | DedupUnavailableError:
+    """Poll ``call`` (bounded) until Redis answers again with CLAIMED."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while True:
+        result: ClaimResult | DedupUnavailableError
+        try:
+            result = await call()
+        except DedupUnavailableError as exc:
+            result = exc
+        if result is ClaimResult.CLAIMED or loop.time() > deadline:
+            return result
+        await asyncio.sleep(0.05)
+
+
+async def test_redis_stopped_mid_run_fail_open(
+    private_redis: PrivateRedis, unique_name: str
+) -> None:
+    client = connect(private_redis.url)
+    metrics = MetricsCollector(unique_name)
+    dedup = DeduplicationManager(client, unique_name, failure_policy="fail_open", metrics=metrics)
+    try:
+        assert await dedup.claim("before") is ClaimResult.CLAIMED
+        await dedup.mark_done("before")
+
+        await private_redis.run("stop")
+        assert await dedup.claim("during") is ClaimResult.BYPASSED
+        assert await dedup.claim_many(["d1", "d2"]) == {
+            "d1": ClaimResult.BYPASSED,
+            "d2": ClaimResult.BYPASSED,
+        }
+        await dedup.mark_done("during")  # no-op on Redis, remembered locally
+        await dedup.release("d1")
+        assert await dedup.claim("before") is ClaimResult.DUPLICATE  # local cache
+        assert metrics.snapshot()["dedup_unavailable"] >= 5
+
+        await private_redis.run("start")
+        # The server restarted empty (and without our scripts): claims work again.
+        result = await _claim_until_claimed(lambda: dedup.claim("after"))
+        assert result is ClaimResult.CLAIMED
+        assert await dedup.claim("after") is ClaimResult.IN_PROGRESS
+    finally:
+        await client.aclose()
+
+
+async def test_redis_stopped_mid_run_fail_closed(
+    private_redis: PrivateRedis, unique_name: str
+) -> None:
+    client = connect(private_redis.url)
+    dedup = DeduplicationManager(client, unique_name, failure_policy="fail_closed")
+    try:
+        assert await dedup.claim("before") is ClaimResult.CLAIMED
+        await private_redis.run("stop")
+        with pytest.raises(DedupUnavailableError):
+            await dedup.claim("during")
+        with pytest.raises(DedupUnavailableError):
+            await dedup.mark_done_many(["before"])
+        await private_redis.run("start")
+        result = await _claim_until_claimed(lambda: dedup.claim("during"))
+        assert result is ClaimResult.CLAIMED
+    finally:
+        await client.aclose()
