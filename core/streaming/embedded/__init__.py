@@ -1,0 +1,38 @@
+"""The embedded in-memory Kafka stand-in, selected by ``memory://`` bootstrap servers.
+
+``get_broker(url)`` returns the process-wide broker of a URL; its ``consumer``,
+``producer`` and ``admin`` clients implement the client surface of
+``core.streaming.clients`` with Kafka's semantics: murmur2 key partitioning, consumer
+groups with eager rebalances, committed offsets and redelivery from the last commit.
+"""
+
+from core.streaming.embedded.broker import (
+    InMemoryBroker,
+    broker_name,
+    drop_broker,
+    get_broker,
+    reset_broker,
+)
+from core.streaming.embedded.clients import InMemoryAdmin, InMemoryConsumer, InMemoryProducer
+from core.streaming.embedded.errors import (
+    OffsetOutOfRangeError,
+    PartitionNotAssignedError,
+    UnknownTopicOrPartitionError,
+)
+from core.streaming.embedded.partitioner import murmur2, partition_for_key
+
+__all__ = [
+    "InMemoryAdmin",
+    "InMemoryBroker",
+    "InMemoryConsumer",
+    "InMemoryProducer",
+    "OffsetOutOfRangeError",
+    "PartitionNotAssignedError",
+    "UnknownTopicOrPartitionError",
+    "broker_name",
+    "drop_broker",
+    "get_broker",
+    "murmur2",
+    "partition_for_key",
+    "reset_broker",
+]

@@ -121,13 +121,16 @@ class MessageConsumer:
 
     # ------------------------------------------------------------------ fetching
 
-    async def fetch_batch(self, timeout_ms: int | None = None) -> list[ConsumedMessage]:
+    async def fetch_batch(
+        self, timeout_ms: int | None = None, max_records: int | None = None
+    ) -> list[ConsumedMessage]:
         """Fetch the next batch (possibly empty), decoded; commits on the policy's timer."""
         client = self.client
         await self._maybe_commit()
+        limit = self.max_poll_records if max_records is None else max(1, max_records)
         batches = await client.getmany(
             timeout_ms=self.fetch_timeout_ms if timeout_ms is None else timeout_ms,
-            max_records=self.max_poll_records,
+            max_records=min(limit, self.max_poll_records),
         )
         out: list[ConsumedMessage] = []
         for tp, records in batches.items():

@@ -89,7 +89,8 @@ class ConsumerFlow:
             if self._over_bound():
                 await self._backpressure()
                 continue
-            batch = await consumer.fetch_batch()
+            room = self.options.max_in_flight - dispatcher.in_flight
+            batch = await consumer.fetch_batch(max_records=room)
             await layer.flush_done()
             if batch:
                 claims = await layer.claim_batch(batch)

@@ -1,0 +1,363 @@
+"""The embedded in-memory broker and its process-wide registry by ``memory://`` URL.
+
+``InMemoryBroker`` keeps topics of partitioned logs, consumer groups with committed
+offsets, and hands out clients that implement the same surface as the Kafka adapters
+in ``core.streaming.clients``. Everything runs inside one event loop; no mutation
+awaits halfway, so concurrent tasks always see consistent state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from core.streaming.embedded.clients import InMemoryAdmin, InMemoryConsumer, InMemoryProducer
+from core.streaming.embedded.errors import UnknownTopicOrPartitionError
+from core.streaming.embedded.group import ConsumerGroup
+from core.streaming.embedded.log import PartitionLog, estimate_record_size
+from core.streaming.embedded.partitioner import RoundRobin, partition_for_key
+from core.streaming.errors import MessageTooLargeError
+from core.streaming.topic_names import validate_topic_name
+from core.streaming.types import Headers, Record, TopicPartition
+
+if TYPE_CHECKING:
+    from core.streaming.clients import RebalanceListener
+
+MEMORY_SCHEME = "memory://"
+DEFAULT_BROKER_NAME = "default"
+
+
+class _Topic:
+    __slots__ = ("configs", "name", "partitions")
+
+    def __init__(
+        self, name: str, partitions: int, retention_records: int | None, configs: Mapping[str, str]
+    ) -> None:
+        self.name = name
+        self.configs = dict(configs)
+        self.partitions = [PartitionLog(name, p, retention_records) for p in range(partitions)]
+
+
+class InMemoryBroker:
+    """A Kafka stand-in living in this process: topics, partitions, groups, offsets.
+
+    Args:
+        default_partitions: partitions of auto-created topics.
+        auto_create_topics: create a topic on first produce (Kafka's
+            ``auto.create.topics.enable``); when off, producing to a missing topic
+            raises ``UnknownTopicOrPartitionError``.
+        retention_records: keep at most this many records per partition, dropping
+            the oldest (None keeps everything).
+        max_message_bytes: largest record batch the broker accepts (Kafka's
+            ``message.max.bytes``).
+        rebalance_timeout_ms: how long a rebalance waits for a member to give up its
+            partitions before expelling it (aiokafka's ``rebalance_timeout_ms``).
+    """
+
+    def __init__(
+        self,
+        default_partitions: int = 3,
+        auto_create_topics: bool = True,
+        retention_records: int | None = None,
+        max_message_bytes: int = 1_048_576,
+        rebalance_timeout_ms: int = 10_000,
+    ) -> None:
+        if default_partitions <= 0:
+            raise ValueError(f"default_partitions must be positive, got {default_partitions}")
+        if retention_records is not None and retention_records <= 0:
+            raise ValueError(f"retention_records must be positive, got {retention_records}")
+        if max_message_bytes <= 0:
+            raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
+        if rebalance_timeout_ms <= 0:
+            raise ValueError(f"rebalance_timeout_ms must be positive, got {rebalance_timeout_ms}")
+        self.default_partitions = default_partitions
+        self.auto_create_topics = auto_create_topics
+        self.retention_records = retention_records
+        self.max_message_bytes = max_message_bytes
+        self.rebalance_timeout_ms = rebalance_timeout_ms
+        self._topics: dict[str, _Topic] = {}
+        self._groups: dict[str, ConsumerGroup] = {}
+        self._watchers: dict[str, set[InMemoryConsumer]] = {}
+        self._round_robin = RoundRobin()
+
+    def __repr__(self) -> str:
+        return f"InMemoryBroker(topics={len(self._topics)}, groups={len(self._groups)})"
+
+    @property
+    def rebalance_timeout_s(self) -> float:
+        """``rebalance_timeout_ms`` in seconds."""
+        return self.rebalance_timeout_ms / 1000
+
+    # ------------------------------------------------------------------ clients
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        group_id: str,
+        *,
+        listener: RebalanceListener | None = None,
+        auto_offset_reset: str = "earliest",
+        max_poll_records: int = 500,
+        client_id: str | None = None,
+    ) -> InMemoryConsumer:
+        """A consumer in ``group_id`` subscribed to ``topics``; joins on ``start()``."""
+        return InMemoryConsumer(
+            self,
+            topics,
+            group_id,
+            listener=listener,
+            auto_offset_reset=auto_offset_reset,
+            max_poll_records=max_poll_records,
+            client_id=client_id,
+        )
+
+    def producer(
+        self, *, max_request_size: int = 1_048_576, client_id: str | None = None
+    ) -> InMemoryProducer:
+        """A producer refusing records above ``max_request_size`` bytes."""
+        return InMemoryProducer(self, max_request_size=max_request_size, client_id=client_id)
+
+    def admin(self) -> InMemoryAdmin:
+        """An admin client for topics."""
+        return InMemoryAdmin(self)
+
+    # ------------------------------------------------------------------ topics
+
+    def create_topic(
+        self, name: str, partitions: int | None = None, *, configs: Mapping[str, str] | None = None
+    ) -> bool:
+        """Create ``name``; False if it already exists (its partitions are left alone)."""
+        validate_topic_name(name)
+        count = self.default_partitions if partitions is None else partitions
+        if count <= 0:
+            raise ValueError(f"topic {name!r}: partitions must be positive, got {count}")
+        if name in self._topics:
+            return False
+        self._topics[name] = _Topic(name, count, self.retention_records, configs or {})
+        self._rebalance_subscribers(name)
+        return True
+
+    def ensure_topic(self, name: str) -> int:
+        """Partition count of ``name``, creating it if auto-creation is on."""
+        topic = self._topic_for_write(name)
+        return len(topic.partitions)
+
+    def delete_topic(self, name: str) -> bool:
+        """Delete ``name``, its records and its committed offsets; False if missing."""
+        if self._topics.pop(name, None) is None:
+            return False
+        for group in self._groups.values():
+            for tp in [tp for tp in group.committed if tp.topic == name]:
+                del group.committed[tp]
+        self._rebalance_subscribers(name)
+        return True
+
+    def topics(self) -> dict[str, int]:
+        """Partition count by topic name."""
+        return {name: len(topic.partitions) for name, topic in self._topics.items()}
+
+    def partition_log(self, tp: TopicPartition) -> PartitionLog | None:
+        """The log of ``tp``, or None if there is no such partition."""
+        topic = self._topics.get(tp.topic)
+        if topic is None or not 0 <= tp.partition < len(topic.partitions):
+            return None
+        return topic.partitions[tp.partition]
+
+    def partition_count(self, name: str) -> int:
+        """Partitions of topic ``name``; raises ``UnknownTopicOrPartitionError`` if missing."""
+        topic = self._topics.get(name)
+        if topic is None:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        return len(topic.partitions)
+
+    def _partitions_if_exists(self, name: str) -> int | None:
+        topic = self._topics.get(name)
+        return None if topic is None else len(topic.partitions)
+
+    def _topic_for_write(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is not None:
+            return topic
+        validate_topic_name(name)
+        if not self.auto_create_topics:
+            raise UnknownTopicOrPartitionError(
+                f"topic {name!r} does not exist and auto-creation is off"
+            )
+        self.create_topic(name)
+        return self._topics[name]
+
+    def _log_or_raise(self, tp: TopicPartition) -> PartitionLog:
+        log = self.partition_log(tp)
+        if log is None:
+            raise UnknownTopicOrPartitionError(f"no partition {tp.partition} of topic {tp.topic!r}")
+        return log
+
+    # ------------------------------------------------------------------ writing
+
+    def append(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers = (),
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        round_robin: RoundRobin | None = None,
+        size: int | None = None,
+    ) -> Record:
+        """Store one record as a producer would and return it with its offset.
+
+        The partition is ``partition`` if given, else Kafka's murmur2 choice for
+        ``key``, else the next one in turn. Raises ``MessageTooLargeError`` above
+        ``max_message_bytes`` and ``UnknownTopicOrPartitionError`` for a missing topic
+        (without auto-creation) or partition.
+        """
+        headers = tuple(headers)
+        record_size = estimate_record_size(key, value, headers) if size is None else size
+        if record_size > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"record for {topic} is {record_size} bytes, above the broker's "
+                f"max_message_bytes of {self.max_message_bytes}; nothing was stored"
+            )
+        target = self._topic_for_write(topic)
+        count = len(target.partitions)
+        if partition is None:
+            if key is not None:
+                partition = partition_for_key(key, count)
+            else:
+                partition = (round_robin or self._round_robin).choose(topic, count)
+        elif isinstance(partition, bool) or not 0 <= partition < count:
+            raise UnknownTopicOrPartitionError(
+                f"topic {topic!r} has partitions 0..{count - 1}, not {partition!r}"
+            )
+        stamp = time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
+        record = target.partitions[partition].append(key, value, headers, stamp)
+        for consumer in self._watchers.get(topic, ()):
+            consumer.notify_data()
+        return record
+
+    # ------------------------------------------------------------------ groups
+
+    def group(self, group_id: str) -> ConsumerGroup:
+        """The group ``group_id``, created on first use."""
+        group = self._groups.get(group_id)
+        if group is None:
+            group = self._groups[group_id] = ConsumerGroup(
+                group_id, self._partitions_if_exists, self.rebalance_timeout_ms
+            )
+        return group
+
+    def watch(self, consumer: InMemoryConsumer) -> None:
+        """Wake ``consumer`` whenever one of its topics gets a record."""
+        for topic in consumer.topics:
+            self._watchers.setdefault(topic, set()).add(consumer)
+
+    def unwatch(self, consumer: InMemoryConsumer) -> None:
+        """Stop waking ``consumer``."""
+        for topic in consumer.topics:
+            watchers = self._watchers.get(topic)
+            if watchers is not None:
+                watchers.discard(consumer)
+                if not watchers:
+                    del self._watchers[topic]
+
+    def _rebalance_subscribers(self, topic: str) -> None:
+        for group in self._groups.values():
+            if topic in group.subscribed_topics():
+                group.request_rebalance()
+
+    # ------------------------------------------------------------------ inspection
+
+    def records(self, topic: str, partition: int | None = None) -> list[Record]:
+        """Retained records of ``topic`` (one partition, or all in partition order)."""
+        target = self._topics.get(topic)
+        if target is None:
+            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+        if partition is None:
+            return [r for log in target.partitions for r in log.retained()]
+        return list(self._log_or_raise(TopicPartition(topic, partition)).retained())
+
+    def end_offset(self, tp: TopicPartition) -> int:
+        """High watermark of ``tp``: the offset of the next record."""
+        return self._log_or_raise(tp).end_offset
+
+    def start_offset(self, tp: TopicPartition) -> int:
+        """Log start offset of ``tp``: the oldest retained record's offset."""
+        return self._log_or_raise(tp).start_offset
+
+    def committed(self, group: str, tp: TopicPartition) -> int | None:
+        """Offset committed by ``group`` for ``tp``, or None."""
+        found = self._groups.get(group)
+        return None if found is None else found.committed.get(tp)
+
+    def lag(self, group: str) -> dict[TopicPartition, int]:
+        """Records not yet committed by ``group``, per partition.
+
+        Covers every partition of the topics the group's members subscribe to and of
+        the topics it has committed offsets in. Without a commit the lag counts from
+        the log start.
+        """
+        found = self._groups.get(group)
+        if found is None:
+            return {}
+        topics = found.subscribed_topics() | {tp.topic for tp in found.committed}
+        result: dict[TopicPartition, int] = {}
+        for name in sorted(topics):
+            target = self._topics.get(name)
+            if target is None:
+                continue
+            for log in target.partitions:
+                tp = TopicPartition(name, log.partition)
+                committed = found.committed.get(tp)
+                base = log.start_offset if committed is None else committed
+                result[tp] = max(0, log.end_offset - base)
+        return result
+
+    def groups(self) -> set[str]:
+        """Ids of every group that has had a member or a commit."""
+        return set(self._groups)
+
+    def group_assignment(self, group: str) -> dict[str, set[TopicPartition]]:
+        """The current assignment of ``group`` by member id."""
+        found = self._groups.get(group)
+        if found is None:
+            return {}
+        return {member: set(tps) for member, tps in found.assignment().items()}
+
+
+# --------------------------------------------------------------------------- registry
+
+_brokers: dict[str, InMemoryBroker] = {}
+
+
+def broker_name(url: str) -> str:
+    """The registry key of a ``memory://`` URL; ``memory://`` means ``memory://default``."""
+    if not url.startswith(MEMORY_SCHEME):
+        raise ValueError(f"expected a {MEMORY_SCHEME} URL, got {url!r}")
+    return url[len(MEMORY_SCHEME) :].strip().strip("/") or DEFAULT_BROKER_NAME
+
+
+def get_broker(url: str = MEMORY_SCHEME) -> InMemoryBroker:
+    """The process-wide broker for ``url``, created with defaults on first use.
+
+    Every client made from the same URL shares it, as clients of one Kafka cluster
+    share its data.
+    """
+    name = broker_name(url)
+    broker = _brokers.get(name)
+    if broker is None:
+        broker = _brokers[name] = InMemoryBroker()
+    return broker
+
+
+def reset_broker(url: str = MEMORY_SCHEME, **options: Any) -> InMemoryBroker:
+    """Replace the broker for ``url`` with a fresh one built with ``options``."""
+    broker = _brokers[broker_name(url)] = InMemoryBroker(**options)
+    return broker
+
+
+def drop_broker(url: str = MEMORY_SCHEME) -> None:
+    """Forget the broker for ``url``; the next ``get_broker`` starts empty."""
+    _brokers.pop(broker_name(url), None)

@@ -1,0 +1,629 @@
+"""Consumer, producer and admin clients of the embedded broker.
+
+They implement ``ConsumerClient``, ``ProducerClient`` and ``AdminClient`` of
+``core.streaming.clients`` and follow the Kafka adapters there, down to the errors
+they raise, so the layers above cannot tell the backends apart.
+
+Group coordination runs as aiokafka's does: each consumer has a background task that
+joins the group, runs the rebalance listener (``on_partitions_revoked`` with the whole
+previous assignment, then ``on_partitions_assigned`` with the whole new one, both
+awaited) and gives partitions up when the group asks, whether or not ``getmany`` is
+being called. ``getmany`` returns nothing while a rebalance is under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from core.streaming.embedded.errors import OffsetOutOfRangeError, PartitionNotAssignedError
+from core.streaming.embedded.group import ConsumerGroup
+from core.streaming.embedded.log import PartitionLog, estimate_record_size
+from core.streaming.embedded.partitioner import RoundRobin
+from core.streaming.errors import ClientClosedError, CommitError, MessageTooLargeError
+from core.streaming.topic_names import validate_topic_name
+from core.streaming.types import Headers, Record, StoredRecord, TopicPartition, TopicSpec
+
+if TYPE_CHECKING:
+    from core.streaming.clients import RebalanceListener
+    from core.streaming.embedded.broker import InMemoryBroker
+
+logger = logging.getLogger(__name__)
+
+OFFSET_RESET_POLICIES = frozenset({"earliest", "latest", "none"})
+
+
+def _as_bytes(value: bytes | bytearray | memoryview | None, what: str) -> bytes | None:
+    if value is None or type(value) is bytes:
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes or None, got {type(value).__name__}")
+
+
+def _normalize_headers(headers: Headers | None) -> tuple[tuple[str, bytes], ...]:
+    if not headers:
+        return ()
+    out: list[tuple[str, bytes]] = []
+    for name, data in headers:
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be str, got {type(name).__name__}")
+        value = _as_bytes(data, f"header {name!r}")
+        if value is None:
+            raise TypeError(f"header {name!r} has no value; header values must be bytes")
+        out.append((name, value))
+    return tuple(out)
+
+
+class InMemoryConsumer:
+    """A consumer group member on the embedded broker (a ``ConsumerClient``)."""
+
+    def __init__(
+        self,
+        broker: InMemoryBroker,
+        topics: Sequence[str],
+        group_id: str,
+        *,
+        listener: RebalanceListener | None = None,
+        auto_offset_reset: str = "earliest",
+        max_poll_records: int = 500,
+        client_id: str | None = None,
+    ) -> None:
+        if isinstance(topics, str):
+            raise TypeError("topics must be a sequence of topic names, not one string")
+        if auto_offset_reset not in OFFSET_RESET_POLICIES:
+            raise ValueError(
+                f"auto_offset_reset must be one of {sorted(OFFSET_RESET_POLICIES)}, "
+                f"got {auto_offset_reset!r}"
+            )
+        if max_poll_records <= 0:
+            raise ValueError(f"max_poll_records must be positive, got {max_poll_records}")
+        if not group_id:
+            raise ValueError("group_id is required")
+        self._broker = broker
+        self._topics = frozenset(validate_topic_name(t) for t in topics)
+        self.group_id = group_id
+        self._listener = listener
+        self._auto_offset_reset = auto_offset_reset
+        self._max_poll_records = max_poll_records
+        self._client_id = client_id or "tradestream-consumer"
+
+        self._group: ConsumerGroup | None = None
+        self._member_id: str | None = None
+        self._generation = -1
+        self._ready_generation = -2
+        self._assignment: frozenset[TopicPartition] = frozenset()
+        self._order: list[TopicPartition] = []
+        self._positions: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        # aiokafka reports an (empty) revocation before the first assignment, too.
+        self._holding = True
+        self._expelled = False
+        self._rotation = 0
+
+        self._started = False
+        self._closing = False
+        self._stopped = False
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._wakeup = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"InMemoryConsumer(group={self.group_id!r}, member={self._member_id!r}, "
+            f"topics={sorted(self._topics)}, assignment={sorted(self._assignment)})"
+        )
+
+    # ------------------------------------------------------------------ group member protocol
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The subscribed topics."""
+        return self._topics
+
+    @property
+    def alive(self) -> bool:
+        """True while this member's group coordination runs (its event loop lives)."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def member_id(self) -> str | None:
+        """Id in the group while a member, else None."""
+        return self._member_id
+
+    def notify_group_change(self) -> None:
+        """The group started or finished a rebalance."""
+        self._changed.set()
+        self._wakeup.set()
+
+    def notify_expelled(self) -> None:
+        """The group expelled this member for not rejoining within the rebalance timeout."""
+        self._expelled = True
+        self.notify_group_change()
+
+    def notify_data(self) -> None:
+        """Records were appended to a subscribed topic."""
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _check(self) -> None:
+        if self._stopped:
+            raise ClientClosedError("consumer is stopped")
+        if not self._started:
+            raise ClientClosedError("consumer is not started")
+
+    async def start(self) -> None:
+        """Join the group; partitions arrive shortly after, from the background."""
+        if self._started and not self._stopped:
+            return
+        if self._stopped:
+            raise ClientClosedError("a stopped consumer cannot be restarted")
+        loop = asyncio.get_running_loop()
+        if self._broker.auto_create_topics:
+            # Kafka creates subscribed topics on the consumer's metadata request, too.
+            for topic in sorted(self._topics):
+                self._broker.create_topic(topic)
+        self._group = self._broker.group(self.group_id)
+        self._task = loop.create_task(self._coordinate(), name=f"embedded-consumer-{self.group_id}")
+        self._member_id = self._group.join(self, self._client_id)
+        self._broker.watch(self)
+        self._started = True
+
+    async def stop(self) -> None:
+        """Leave the group (idempotent). Like aiokafka, no revocation callback is run.
+
+        Commit what finished before calling this; a listener callback already running
+        is allowed to finish first.
+        """
+        if self._stopped:
+            return
+        self._closing = True
+        self.notify_group_change()
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            _, pending = await asyncio.wait({task}, timeout=self._broker.rebalance_timeout_s)
+            if pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._leave()
+
+    async def crash(self) -> None:
+        """Die like a killed process: leave the group at once, commit nothing, run no callback.
+
+        The partitions go to the remaining members, which resume from the last
+        committed offsets, so records fetched since then are delivered again.
+        """
+        if self._stopped:
+            return
+        self._closing = True
+        task = self._task
+        self._leave()
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _leave(self) -> None:
+        if self._group is not None and self._member_id is not None:
+            self._group.leave(self._member_id)
+        self._broker.unwatch(self)
+        self._stopped = True
+        self._task = None
+        self._assignment = frozenset()
+        self._order = []
+        self._positions.clear()
+        self._paused.clear()
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ coordination
+
+    async def _coordinate(self) -> None:
+        try:
+            while not self._closing:
+                self._changed.clear()
+                await self._sync()
+                if self._closing:
+                    return
+                await self._changed.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("embedded consumer %s: group coordination failed", self._member_id)
+
+    async def _sync(self) -> None:
+        """Bring this member in line with its group: give up, rejoin, take partitions."""
+        group = self._group
+        assert group is not None
+        while not self._closing:
+            member_id = self._member_id
+            assert member_id is not None
+            if self._expelled:
+                self._expelled = False
+                if self._holding:
+                    await self._revoke()
+                if self._closing:
+                    return
+                self._member_id = group.join(self, self._client_id)
+                continue
+            if group.must_revoke(member_id):
+                await self._revoke()
+                group.revoked(member_id)
+                continue
+            if not group.rebalancing and self._generation != group.generation:
+                if self._holding:
+                    await self._revoke()
+                    continue
+                await self._adopt(group, member_id)
+                continue
+            return
+
+    async def _revoke(self) -> None:
+        revoked = set(self._assignment)
+        self._ready_generation = -2
+        if self._listener is not None:
+            try:
+                await self._listener.on_partitions_revoked(revoked)
+            except Exception:
+                logger.exception(
+                    "rebalance listener of group %s failed in on_partitions_revoked",
+                    self.group_id,
+                )
+        self._assignment = frozenset()
+        self._order = []
+        self._positions.clear()
+        self._paused.clear()
+        self._holding = False
+
+    async def _adopt(self, group: ConsumerGroup, member_id: str) -> None:
+        generation, assigned = group.adopt(member_id)
+        self._generation = generation
+        self._assignment = assigned
+        self._order = sorted(assigned)
+        self._paused.clear()
+        self._positions = {}
+        for tp in self._order:
+            committed = group.committed.get(tp)
+            if committed is not None:
+                self._positions[tp] = committed
+            elif self._auto_offset_reset != "none":
+                log = self._broker.partition_log(tp)
+                if log is not None:
+                    self._positions[tp] = self._reset_offset(log)
+        self._holding = True
+        if self._listener is not None:
+            try:
+                await self._listener.on_partitions_assigned(set(assigned))
+            except Exception:
+                logger.exception(
+                    "rebalance listener of group %s failed in on_partitions_assigned",
+                    self.group_id,
+                )
+        self._ready_generation = generation
+        self._wakeup.set()
+
+    def _can_fetch(self) -> bool:
+        group = self._group
+        return (
+            group is not None
+            and not self._closing
+            and not self._expelled
+            and not group.rebalancing
+            and group.generation == self._generation == self._ready_generation
+        )
+
+    # ------------------------------------------------------------------ fetching
+
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Record]]:
+        """Records by partition, at most ``max_records`` in all; waits up to ``timeout_ms``.
+
+        Returns as soon as records are available; empty on timeout, during a
+        rebalance, and when the consumer is stopped while waiting.
+        """
+        self._check()
+        limit = self._max_poll_records if max_records is None else max_records
+        if limit <= 0:
+            raise ValueError(f"max_records must be positive, got {max_records}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout_ms, 0) / 1000
+        await asyncio.sleep(0)
+        while True:
+            self._wakeup.clear()
+            if self._stopped or self._closing:
+                return {}
+            if self._can_fetch():
+                batch = self._fetch(limit)
+                if batch:
+                    return batch
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return {}
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return {}
+
+    def _fetch(self, limit: int) -> dict[TopicPartition, list[Record]]:
+        order = [tp for tp in self._order if tp not in self._paused]
+        if not order:
+            return {}
+        count = len(order)
+        start = self._rotation % count
+        self._rotation += 1
+        out: dict[TopicPartition, list[Record]] = {}
+        for i in range(count):
+            tp = order[(start + i) % count]
+            log = self._broker.partition_log(tp)
+            if log is None:
+                continue
+            position = self._positions.get(tp)
+            if position is None or not log.start_offset <= position <= log.end_offset:
+                position = self._positions[tp] = self._reset_offset(log, position)
+            batch = log.read(position, limit)
+            if batch:
+                out[tp] = batch
+                self._positions[tp] = position + len(batch)
+                limit -= len(batch)
+                if limit == 0:
+                    break
+        return out
+
+    def _reset_offset(self, log: PartitionLog, position: int | None = None) -> int:
+        if self._auto_offset_reset == "earliest":
+            return log.start_offset
+        if self._auto_offset_reset == "latest":
+            return log.end_offset
+        tp = TopicPartition(log.topic, log.partition)
+        if position is None:
+            raise OffsetOutOfRangeError(
+                f"no committed offset for {tp} in group {self.group_id!r} "
+                "and auto_offset_reset is 'none'"
+            )
+        raise OffsetOutOfRangeError(
+            f"position {position} of {tp} is outside the log "
+            f"[{log.start_offset}, {log.end_offset}] and auto_offset_reset is 'none'"
+        )
+
+    # ------------------------------------------------------------------ offsets
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Store the group's committed offsets, all or none.
+
+        Raises ``CommitError`` for a partition this member does not own (the group
+        rebalanced) and for an offset below 0 or beyond the high watermark.
+        """
+        self._check()
+        if not offsets:
+            return
+        group = self._group
+        member_id = self._member_id
+        assert group is not None and member_id is not None
+        for tp, offset in offsets.items():
+            if isinstance(offset, bool) or not isinstance(offset, int):
+                raise TypeError(f"offset for {tp} must be an int, got {type(offset).__name__}")
+            if self._expelled or not group.owns(member_id, self._generation, tp):
+                raise CommitError(
+                    f"commit of {dict(offsets)} refused: {tp} is not assigned to this member "
+                    "(the group has rebalanced); nothing was committed"
+                )
+            log = self._broker.partition_log(tp)
+            end = log.end_offset if log is not None else 0
+            if not 0 <= offset <= end:
+                raise CommitError(
+                    f"commit of {dict(offsets)} refused: offset {offset} for {tp} is outside "
+                    f"[0, {end}] (the high watermark); nothing was committed"
+                )
+        group.committed.update(offsets)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset for ``tp``, or None."""
+        self._check()
+        assert self._group is not None
+        return self._group.committed.get(tp)
+
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions this member owns now (empty when not running)."""
+        if not self._started or self._stopped:
+            return set()
+        return set(self._assignment)
+
+    def _require_assigned(self, tps: Iterable[TopicPartition]) -> None:
+        missing = [tp for tp in tps if tp not in self._assignment]
+        if missing:
+            raise PartitionNotAssignedError(f"partitions {missing} are not assigned")
+
+    def pause(self, *tps: TopicPartition) -> None:
+        """Stop returning records of ``tps`` until resumed; a rebalance clears it, as aiokafka."""
+        self._check()
+        self._require_assigned(tps)
+        self._paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        """Return records of ``tps`` again."""
+        self._check()
+        self._require_assigned(tps)
+        self._paused.difference_update(tps)
+        self._wakeup.set()
+
+    def paused(self) -> set[TopicPartition]:
+        """The paused partitions (empty when not running)."""
+        if not self._started or self._stopped:
+            return set()
+        return set(self._paused)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The end offset of an assigned partition (Kafka knows it only after a fetch)."""
+        self._check()
+        self._require_assigned((tp,))
+        log = self._broker.partition_log(tp)
+        return log.end_offset if log is not None else None
+
+    async def position(self, tp: TopicPartition) -> int:
+        """Offset of the next record ``getmany`` returns for an assigned ``tp``."""
+        self._check()
+        self._require_assigned((tp,))
+        position = self._positions.get(tp)
+        if position is None:
+            log = self._broker.partition_log(tp)
+            if log is None:
+                raise PartitionNotAssignedError(f"partition {tp} no longer exists")
+            position = self._positions[tp] = self._reset_offset(log)
+        return position
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Fetch ``tp`` from ``offset`` next (reset per ``auto_offset_reset`` if out of range)."""
+        self._check()
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError("Offset must be a positive integer")
+        self._require_assigned((tp,))
+        self._positions[tp] = offset
+        self._wakeup.set()
+
+    async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """High watermark of each of ``tps`` (assigned or not); 0 for a missing one, as Kafka."""
+        self._check()
+        result: dict[TopicPartition, int] = {}
+        for tp in tps:
+            log = self._broker.partition_log(tp)
+            result[tp] = 0 if log is None else log.end_offset
+        return result
+
+
+class InMemoryProducer:
+    """A producer on the embedded broker (a ``ProducerClient``); acknowledges at once."""
+
+    def __init__(
+        self,
+        broker: InMemoryBroker,
+        *,
+        max_request_size: int = 1_048_576,
+        client_id: str | None = None,
+    ) -> None:
+        if max_request_size <= 0:
+            raise ValueError(f"max_request_size must be positive, got {max_request_size}")
+        self._broker = broker
+        self._max_request_size = max_request_size
+        self.client_id = client_id or "tradestream-producer"
+        self._round_robin = RoundRobin()
+        self._started = False
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"InMemoryProducer(client_id={self.client_id!r})"
+
+    async def start(self) -> None:
+        """Make the producer usable (idempotent)."""
+        if self._started and not self._stopped:
+            return
+        if self._stopped:
+            raise ClientClosedError("a stopped producer cannot be restarted")
+        self._started = True
+
+    async def stop(self) -> None:
+        """Close the producer (idempotent); every send is already stored."""
+        self._stopped = True
+
+    async def flush(self) -> None:
+        """Nothing to wait for: ``send`` stores the record before it returns."""
+
+    def _check(self) -> None:
+        if self._stopped or not self._started:
+            raise ClientClosedError("producer is not running")
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future[StoredRecord]:
+        """Append one record; returns an already completed acknowledgement.
+
+        Raises ``InvalidTopicNameError`` for an illegal name, ``MessageTooLargeError``
+        above ``max_request_size`` (nothing stored), ``UnknownTopicOrPartitionError``
+        for a missing topic when auto-creation is off or a partition out of range.
+        """
+        self._check()
+        validate_topic_name(topic)
+        key_bytes = _as_bytes(key, "key")
+        value_bytes = _as_bytes(value, "value")
+        header_items = _normalize_headers(headers)
+        size = estimate_record_size(key_bytes, value_bytes, header_items)
+        if size > self._max_request_size:
+            raise MessageTooLargeError(
+                f"record for {topic} is {size} bytes when serialized, above the "
+                f"max_request_size of {self._max_request_size} bytes; nothing was sent"
+            )
+        record = self._broker.append(
+            topic,
+            value_bytes,
+            key=key_bytes,
+            headers=header_items,
+            partition=partition,
+            round_robin=self._round_robin,
+            size=size,
+        )
+        future: asyncio.Future[StoredRecord] = asyncio.get_running_loop().create_future()
+        future.set_result(
+            StoredRecord(record.topic, record.partition, record.offset, record.timestamp)
+        )
+        return future
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        """Partition numbers of ``topic``, created first if auto-creation is on."""
+        self._check()
+        return set(range(self._broker.ensure_topic(topic)))
+
+
+class InMemoryAdmin:
+    """An admin client on the embedded broker (an ``AdminClient``)."""
+
+    def __init__(self, broker: InMemoryBroker) -> None:
+        self._broker = broker
+        self._started = False
+
+    async def start(self) -> None:
+        """Make the client usable (idempotent)."""
+        self._started = True
+
+    async def close(self) -> None:
+        """Close the client (idempotent); ``start`` may open it again."""
+        self._started = False
+
+    def _check(self) -> None:
+        if not self._started:
+            raise ClientClosedError("admin client is not started")
+
+    async def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:
+        """Create the topics that do not exist yet; returns the names created."""
+        self._check()
+        for spec in specs:
+            validate_topic_name(spec.name)
+            if spec.partitions <= 0:
+                raise ValueError(f"topic {spec.name!r}: partitions must be positive")
+            if spec.replication_factor <= 0:
+                raise ValueError(f"topic {spec.name!r}: replication_factor must be positive")
+        return [
+            spec.name
+            for spec in specs
+            if self._broker.create_topic(spec.name, spec.partitions, configs=spec.configs)
+        ]
+
+    async def list_topics(self) -> set[str]:
+        """Names of all topics."""
+        self._check()
+        return set(self._broker.topics())
+
+    async def delete_topics(self, names: Sequence[str]) -> None:
+        """Delete topics with their records and committed offsets; missing ones are ignored."""
+        self._check()
+        for name in names:
+            self._broker.delete_topic(name)
