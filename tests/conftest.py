@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -110,3 +112,52 @@ async def kafka_admin(kafka_bootstrap: str) -> AsyncIterator[KafkaAdmin]:
         yield KafkaAdmin(client)
     finally:
         await client.close()
+
+
+# --------------------------------------------------------------------------- private redis
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """A redis-server of this test alone, driven by ``TRADESTREAM_REDIS_SCRIPT``.
+
+    Stopping the shared test server would break tests running beside this one,
+    so the script runs with a port and state directory of our own.
+    """
+
+    def __init__(self, script: str, state_dir: Path) -> None:
+        self.script = script
+        self.port = _free_port()
+        self.env = {**os.environ, "REDIS_PORT": str(self.port), "INFRA_DIR": str(state_dir)}
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    async def run(self, command: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            self.script,
+            command,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, f"redis.sh {command} failed: {err.decode()}"
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    script = os.environ.get("TRADESTREAM_REDIS_SCRIPT")
+    if not script:
+        pytest.skip("TRADESTREAM_REDIS_SCRIPT is not set")
+    server = PrivateRedis(script, tmp_path / "infra")
+    await server.run("start")
+    try:
+        yield server
+    finally:
+        await server.run("stop")

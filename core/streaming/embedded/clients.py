@@ -230,8 +230,6 @@ class InMemoryConsumer:
                 if self._closing:
                     return
                 await self._changed.wait()
-        except asyncio.CancelledError:
-            raise
         except Exception:
             logger.exception("embedded consumer %s: group coordination failed", self._member_id)
 

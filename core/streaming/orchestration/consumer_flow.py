@@ -95,7 +95,9 @@ class ConsumerFlow:
             if batch:
                 claims = await layer.claim_batch(batch)
                 for message in batch:
-                    claim = claims.get(dedup_id(message)) if message.is_decodable else None
+                    # A batch claim belongs to the first copy of an id; later copies in
+                    # the same batch claim again when their turn comes.
+                    claim = claims.pop(dedup_id(message), None) if message.is_decodable else None
                     dispatcher.submit(message, claim)
             self._observe()
 

@@ -1,0 +1,196 @@
+"""Backends for the conformance suite: the embedded broker and a real Kafka broker.
+
+Every scenario runs once per backend through the same makers
+(``create_consumer``/``create_producer``/``create_admin``), so the embedded broker
+cannot drift from Kafka unnoticed. The ``kafka`` backend needs
+``KAFKA_BOOTSTRAP_SERVERS``; without it that parameter is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from core.config.settings import RedpandaSettings
+from core.streaming.clients import (
+    AdminClient,
+    ConsumerClient,
+    ProducerClient,
+    RebalanceListener,
+    create_admin,
+    create_consumer,
+    create_producer,
+)
+from core.streaming.embedded import InMemoryBroker, InMemoryConsumer, drop_broker, get_broker
+from core.streaming.types import Record, TopicPartition, TopicSpec
+
+
+class RecordingListener:
+    """A rebalance listener that keeps the callbacks it received, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, frozenset[TopicPartition]]] = []
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.events.append(("revoked", frozenset(revoked)))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.events.append(("assigned", frozenset(assigned)))
+
+
+class Backend:
+    """One broker backend plus helpers that make clients and clean them up."""
+
+    def __init__(self, name: str, bootstrap_servers: str) -> None:
+        self.name = name
+        self.settings = RedpandaSettings(bootstrap_servers=bootstrap_servers)
+        self.prefix = f"conf-{uuid4().hex[:10]}"
+        self.timeout_s = 45.0 if name == "kafka" else 5.0
+        self._consumers: list[ConsumerClient] = []
+        self._producers: list[ProducerClient] = []
+        self._topics: list[str] = []
+        self._admin: AdminClient | None = None
+        self._names = 0
+
+    @property
+    def is_kafka(self) -> bool:
+        return self.name == "kafka"
+
+    @property
+    def broker(self) -> InMemoryBroker:
+        """The embedded broker (memory backend only)."""
+        assert not self.is_kafka
+        return get_broker(self.settings.bootstrap_servers)
+
+    def name_for(self, kind: str) -> str:
+        self._names += 1
+        return f"{self.prefix}-{kind}{self._names}"
+
+    async def admin(self) -> AdminClient:
+        if self._admin is None:
+            admin = create_admin(self.settings)
+            await admin.start()
+            self._admin = admin
+        return self._admin
+
+    async def topic(self, partitions: int = 3) -> str:
+        """A new topic with ``partitions`` partitions, created through the admin client."""
+        name = self.name_for("topic")
+        created = await (await self.admin()).create_topics([TopicSpec(name, partitions=partitions)])
+        assert created == [name]
+        self._topics.append(name)
+        return name
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        group: str,
+        *,
+        listener: RebalanceListener | None = None,
+        auto_offset_reset: str = "earliest",
+    ) -> ConsumerClient:
+        consumer = create_consumer(
+            self.settings, topics, group, listener=listener, auto_offset_reset=auto_offset_reset
+        )
+        self._consumers.append(consumer)
+        return consumer
+
+    async def started_consumer(
+        self, topics: Sequence[str], group: str, *, listener: RebalanceListener | None = None
+    ) -> ConsumerClient:
+        consumer = self.consumer(topics, group, listener=listener)
+        await consumer.start()
+        return consumer
+
+    async def started_producer(self, **kwargs: Any) -> ProducerClient:
+        producer = create_producer(self.settings, **kwargs)
+        self._producers.append(producer)
+        await producer.start()
+        return producer
+
+    def listener(self) -> RecordingListener:
+        return RecordingListener()
+
+    async def kill(self, consumer: ConsumerClient) -> None:
+        """End a member without committing: a crash on memory, a stop on Kafka.
+
+        Either way the group hands its partitions on from the last committed offset.
+        """
+        if isinstance(consumer, InMemoryConsumer):
+            await consumer.crash()
+        else:
+            await consumer.stop()
+
+    async def drain(
+        self, consumer: ConsumerClient, count: int, *, timeout_s: float | None = None
+    ) -> list[Record]:
+        """Poll until ``count`` records arrived; fail with what did arrive otherwise."""
+        records: list[Record] = []
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while len(records) < count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"[{self.name}] got {len(records)} of {count} records: {records}")
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+        return records
+
+    async def poll_until(
+        self,
+        consumers: Sequence[ConsumerClient],
+        condition: Callable[[dict[int, list[Record]]], bool],
+        *,
+        what: str,
+        timeout_s: float | None = None,
+    ) -> dict[int, list[Record]]:
+        """Poll every consumer until ``condition()``; returns the records each got."""
+        got: dict[int, list[Record]] = {i: [] for i in range(len(consumers))}
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while not condition(got):
+            if time.monotonic() > deadline:
+                pytest.fail(f"[{self.name}] timed out waiting for {what}")
+            for i, consumer in enumerate(consumers):
+                for batch in (await consumer.getmany(timeout_ms=100)).values():
+                    got[i].extend(batch)
+        return got
+
+    async def close(self) -> None:
+        for consumer in self._consumers:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        for producer in self._producers:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        if self._admin is not None:
+            if self.is_kafka and self._topics:
+                with contextlib.suppress(Exception):
+                    await self._admin.delete_topics(self._topics)
+            with contextlib.suppress(Exception):
+                await self._admin.close()
+        if not self.is_kafka:
+            drop_broker(self.settings.bootstrap_servers)
+
+
+@pytest.fixture(params=["memory", "kafka"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """Each scenario once on a fresh embedded broker and once on real Kafka."""
+    if request.param == "kafka":
+        servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not servers:
+            pytest.skip(
+                "KAFKA_BOOTSTRAP_SERVERS is not set: the kafka backend of the conformance "
+                "suite needs a real broker (bash scripts/test.sh starts one)"
+            )
+        request.applymarker(pytest.mark.kafka)
+    else:
+        servers = f"memory://conf-{uuid4().hex}"
+    backend = Backend(request.param, servers)
+    try:
+        yield backend
+    finally:
+        await backend.close()
