@@ -24,6 +24,7 @@ from core.schemas.events import EventEnvelope, generate_uuid7, utc_now
 from core.streaming.clients import ProducerClient, create_producer
 from core.streaming.correlation import CorrelationContext
 from core.streaming.errors import ClientClosedError
+from core.streaming.tracing import current_traceparent
 from core.streaming.types import Headers, RecordMetadata
 
 logger = logging.getLogger(__name__)
@@ -172,9 +173,12 @@ class MessageProducer:
             headers.append((HEADER_CORRELATION_ID, str(envelope["correlation_id"]).encode()))
         if envelope.get("causation_id"):
             headers.append((HEADER_CAUSATION_ID, str(envelope["causation_id"]).encode()))
-        ctx = CorrelationContext.current()
-        if ctx is not None and ctx.traceparent:
-            headers.append((HEADER_TRACEPARENT, ctx.traceparent.encode()))
+        traceparent = current_traceparent()
+        if traceparent is None:
+            ctx = CorrelationContext.current()
+            traceparent = ctx.traceparent if ctx is not None else None
+        if traceparent:
+            headers.append((HEADER_TRACEPARENT, traceparent.encode()))
         return headers
 
     @staticmethod

@@ -36,6 +36,7 @@ from core.streaming.reliability.error_handler import (
     ProcessingOutcome,
 )
 from core.streaming.reliability.metrics_collector import MetricsCollector
+from core.streaming.tracing import handling_span
 
 logger = logging.getLogger(__name__)
 
@@ -203,13 +204,20 @@ class ReliabilityLayer:
             traceparent=traceparent.decode("ascii", "replace") if traceparent else None,
         ):
             claim = await self._resolve_claim(event_id, claim)
-            if claim is ClaimResult.DUPLICATE:
-                self.correlation_logger.debug("skipping duplicate event", event_id=event_id)
-                if metrics is not None:
-                    metrics.record_duplicate(raw_message.topic, consumer_group=self._group)
-                self._finish(raw_message, MessageOutcome.DUPLICATE)
-                return MessageOutcome.DUPLICATE
-            return await self._run_handler(raw_message, value, event_id, claim)
+            if claim is not ClaimResult.DUPLICATE:
+                with handling_span(
+                    self.service_name,
+                    raw_message.topic,
+                    raw_message.partition,
+                    raw_message.offset,
+                    traceparent.decode("ascii", "replace") if traceparent else None,
+                ):
+                    return await self._run_handler(raw_message, value, event_id, claim)
+            self.correlation_logger.debug("skipping duplicate event", event_id=event_id)
+            if metrics is not None:
+                metrics.record_duplicate(raw_message.topic, consumer_group=self._group)
+            self._finish(raw_message, MessageOutcome.DUPLICATE)
+            return MessageOutcome.DUPLICATE
 
     async def _resolve_claim(self, event_id: str, claim: ClaimResult | None) -> ClaimResult:
         if self.deduplicator is None:
