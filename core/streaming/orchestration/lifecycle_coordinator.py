@@ -148,6 +148,11 @@ class LifecycleCoordinator:
                 report[entry.name] = {"error": f"{type(exc).__name__}: {exc}"}
         return report
 
+    async def wait_stop_requested(self) -> int:
+        """Wait until ``request_stop`` is called; returns the exit code asked for."""
+        await self._stop_requested.wait()
+        return self.exit_code
+
     def request_stop(self, exit_code: int = 0) -> None:
         """Ask ``serve()`` to stop (from a signal handler or a supervisor)."""
         self.exit_code = max(self.exit_code, exit_code)
