@@ -30,7 +30,7 @@ from core.schemas.events import (
 from core.schemas.topics import TopicMap, TopicNames
 from core.streaming.testing import StreamTestHarness
 from services.market_data.service import MarketDataFeedService
-from services.registry import RunnableService, build_pipeline
+from services.registry import SERVICE_NAMES, RunnableService, build_pipeline, build_service
 from services.signal_validator.service import DUPLICATE_SIGNAL_ID
 from services.trading_engine.market_hours import IST
 from services.trading_engine.orders import client_order_id
@@ -150,6 +150,8 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome() -> None:
             await harness.publish(raw, twice, key="momentum")
             await harness.publish(raw, twice, key="momentum")
             await harness.wait_idle()
+            await harness.publish(raw, twice, key="momentum")
+            await harness.wait_idle()
 
             clock.now = CLOSED_AT
             await publish(signal(), "market closed: after close 15:30 IST")
@@ -160,7 +162,7 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome() -> None:
 
         # ------------------------------------------------------------ the raw signals
         raw_envelopes = {e["id"]: e for e in harness.produced(topics.signals_raw())}
-        assert len(harness.produced(topics.signals_raw())) == len(raw_envelopes) + 1
+        assert len(harness.produced(topics.signals_raw())) == len(raw_envelopes) + 2
         raw_keys = [key_of(e) for e in raw_envelopes.values()]
         assert len(set(raw_keys)) == len(raw_keys), "raw signals must be distinguishable"
         assert all(corr is not None for corr, _ in raw_keys)
@@ -233,3 +235,39 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome() -> None:
         assert snapshot.stats["signals_rejected"] == 2
         assert snapshot.stats["orders_placed"] == len(placed_ids)
         assert set(snapshot.pnl_by_namespace) == set(NAMESPACES)
+
+
+async def test_the_feed_stops_cleanly_mid_stream() -> None:
+    async with StreamTestHarness() as harness:
+        feed = MarketDataFeedService(harness.config, harness.settings, rate_per_s=200, seed=1)
+        await feed.start()
+        await harness.wait_for(TopicNames.MARKET_TICKS, 5)
+        await feed.stop()
+        assert not feed.is_running
+        sent = feed.ticks_sent
+        ticks = harness.produced(TopicNames.MARKET_TICKS)
+        assert len(ticks) == sent >= 5
+        assert {t["type"] for t in ticks} == {EventType.MARKET_TICK.value}
+        assert all(t["correlation_id"] for t in ticks)
+        assert len({t["correlation_id"] for t in ticks}) == sent
+        records = harness.records(TopicNames.MARKET_TICKS)
+        assert {r.key for r in records} <= {
+            str(t).encode() for t in harness.settings.trading.instruments.values()
+        }
+        await feed.stop()
+        assert feed.ticks_sent == sent
+
+
+async def test_registry_builds_every_service_by_name() -> None:
+    settings = Settings()
+    for name in SERVICE_NAMES:
+        service = build_service(name, settings)
+        assert service.orchestrator.service_name == name
+    assert [s.orchestrator.service_name for s in build_pipeline(settings)] == [
+        "trading_engine",
+        "signal_validator",
+        "strategy_runner",
+        "market_data",
+    ]
+    with pytest.raises(ValueError, match="unknown service 'nope'"):
+        build_service("nope", settings)

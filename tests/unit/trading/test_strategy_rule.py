@@ -81,6 +81,7 @@ def test_mean_reversion_never_sets_a_non_positive_limit() -> None:
     strategy = MeanReversionStrategy(run_length=1, limit_offset_ticks=5)
     *_, buy = feed(strategy, [0.2, 0.1])
     assert buy is not None and buy.price == 0.1
+    assert feed(strategy, [0.0]) == [None]
 
 
 def test_strategies_refuse_nonsense_parameters() -> None:

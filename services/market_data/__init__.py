@@ -1,0 +1,1 @@
+"""Simulated market-data feed: random-walk ticks on ``market.ticks``."""

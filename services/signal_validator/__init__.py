@@ -1,0 +1,1 @@
+"""Signal validator: raw signals in, validated or rejected signals out."""

@@ -1,0 +1,1 @@
+"""Strategy runner: market ticks in, raw trading signals out."""
