@@ -40,7 +40,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.config.settings import RedisSettings, RedpandaSettings
-from core.streaming.errors import ClientClosedError, CommitError, MessageTooLargeError
+from core.streaming.errors import (
+    ClientClosedError,
+    CommitError,
+    MessageTooLargeError,
+    PartitionNotAssignedError,
+)
 from core.streaming.topic_names import validate_topic_name
 from core.streaming.types import Headers, Record, RecordMetadata, TopicPartition, TopicSpec
 
@@ -217,10 +222,10 @@ class KafkaConsumerClient:
             raise ClientClosedError("consumer is not started")
 
     async def start(self) -> None:
-        if self._started:
-            return
         if self._stopped:
             raise ClientClosedError("a stopped consumer cannot be restarted")
+        if self._started:
+            return
         await self._consumer.start()
         listener = _ListenerBridge(self._listener) if self._listener else None
         self._consumer.subscribe(self._topics, listener=listener)
@@ -252,10 +257,36 @@ class KafkaConsumerClient:
         self._check()
         if not offsets:
             return
+        await self._check_commit_range(offsets)
         try:
             await self._consumer.commit({_ktp(tp): off for tp, off in offsets.items()})
         except (CommitFailedError, IllegalStateError, OffsetOutOfRangeError) as exc:
             raise CommitError(f"commit of {dict(offsets)} refused: {exc}") from exc
+
+    async def _check_commit_range(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Refuse what Kafka would store silently: negative or beyond the high watermark."""
+        unknown: list[TopicPartition] = []
+        for tp, offset in offsets.items():
+            if offset < 0:
+                raise CommitError(f"commit of offset {offset} for {tp} is negative")
+            known = self._consumer.highwater(_ktp(tp)) if tp in self.assignment() else None
+            if known is None or offset > known:
+                unknown.append(tp)
+        if unknown:
+            ends = await self.end_offsets(unknown)
+            for tp in unknown:
+                if offsets[tp] > ends.get(tp, 0):
+                    raise CommitError(
+                        f"commit of offset {offsets[tp]} for {tp} is beyond the high watermark "
+                        f"{ends.get(tp, 0)}"
+                    )
+
+    def _owned(self, tps: Iterable[TopicPartition]) -> None:
+        missing = set(tps) - self.assignment()
+        if missing:
+            raise PartitionNotAssignedError(
+                f"partitions {sorted(missing)} are not assigned to this consumer"
+            )
 
     async def committed(self, tp: TopicPartition) -> int | None:
         self._check()
@@ -269,10 +300,12 @@ class KafkaConsumerClient:
 
     def pause(self, *tps: TopicPartition) -> None:
         self._check()
+        self._owned(tps)
         self._consumer.pause(*(_ktp(tp) for tp in tps))
 
     def resume(self, *tps: TopicPartition) -> None:
         self._check()
+        self._owned(tps)
         self._consumer.resume(*(_ktp(tp) for tp in tps))
 
     def paused(self) -> set[TopicPartition]:
@@ -282,15 +315,18 @@ class KafkaConsumerClient:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         self._check()
+        self._owned([tp])
         value = self._consumer.highwater(_ktp(tp))
         return int(value) if value is not None else None
 
     async def position(self, tp: TopicPartition) -> int:
         self._check()
+        self._owned([tp])
         return int(await self._consumer.position(_ktp(tp)))
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._check()
+        self._owned([tp])
         self._consumer.seek(_ktp(tp), offset)
 
     async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
@@ -329,10 +365,10 @@ class KafkaProducerClient:
         self._stopped = False
 
     async def start(self) -> None:
-        if self._started:
-            return
         if self._stopped:
             raise ClientClosedError("a stopped producer cannot be restarted")
+        if self._started:
+            return
         await self._producer.start()
         self._started = True
 

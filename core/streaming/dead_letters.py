@@ -10,16 +10,12 @@ copy is handled like a first delivery.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from uuid import uuid4
 
 import orjson
 
 from core.config.settings import RedpandaSettings
-from core.streaming.clients import ConsumerClient, create_consumer
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.reliability.error_handler import (
     HEADER_ATTEMPTS,
@@ -30,7 +26,8 @@ from core.streaming.reliability.error_handler import (
     HEADER_ORIGINAL_PARTITION,
     HEADER_ORIGINAL_TOPIC,
 )
-from core.streaming.types import Headers, RecordMetadata, TopicPartition
+from core.streaming.topic_reader import read_topic
+from core.streaming.types import Headers, RecordMetadata
 
 HEADER_REPLAYED_FROM = "dlq.replayed.from"
 _DLQ_PREFIX = "dlq."
@@ -120,41 +117,10 @@ async def read_dead_letters(
     config: RedpandaSettings, dlq_topic: str, *, timeout_s: float = 15.0
 ) -> list[DeadLetterRecord]:
     """Every record of ``dlq_topic`` up to its current end; commits nothing."""
-    consumer = create_consumer(
-        config,
-        [dlq_topic],
-        f"tradestream-dlq-inspect-{uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    records: list[DeadLetterRecord] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        ends: dict[TopicPartition, int] | None = None
-        while loop.time() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            for batch in batches.values():
-                records.extend(
-                    DeadLetterRecord(r.topic, r.partition, r.offset, r.key, r.value, r.headers)
-                    for r in batch
-                )
-            assignment = consumer.assignment()
-            if ends is None and assignment:
-                ends = await consumer.end_offsets(assignment)
-            if ends is not None and await _caught_up(consumer, ends):
-                break
-    finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-    return sorted(records, key=lambda r: (r.partition, r.offset))
-
-
-async def _caught_up(consumer: ConsumerClient, ends: dict[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return False
-    return True
+    return [
+        DeadLetterRecord(r.topic, r.partition, r.offset, r.key, r.value, r.headers)
+        for r in await read_topic(config, dlq_topic, timeout_s=timeout_s)
+    ]
 
 
 def select_dead_letters(

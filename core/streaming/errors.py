@@ -33,3 +33,11 @@ class MessageTooLargeError(PermanentError):
 
 class CommitError(StreamingError):
     """An offset commit was refused (for example beyond the high watermark)."""
+
+
+class PartitionNotAssignedError(StreamingError):
+    """A per-partition call named a partition this group member does not own."""
+
+
+class UnknownTopicOrPartitionError(StreamingError, ValueError):
+    """The topic does not exist (and may not be created), or has no such partition."""

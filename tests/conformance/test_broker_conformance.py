@@ -11,7 +11,12 @@ import pytest
 from aiokafka.partitioner import murmur2 as kafka_murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from core.streaming.errors import ClientClosedError, CommitError, MessageTooLargeError
+from core.streaming.errors import (
+    ClientClosedError,
+    CommitError,
+    MessageTooLargeError,
+    PartitionNotAssignedError,
+)
 from core.streaming.topic_names import InvalidTopicNameError
 from core.streaming.types import TopicPartition, TopicSpec
 
@@ -266,10 +271,6 @@ async def test_commit_of_a_partition_not_owned_is_refused(backend: Backend) -> N
 
 
 async def test_commit_beyond_high_watermark_is_refused(backend: Backend) -> None:
-    if backend.is_kafka:
-        # Memory-only check: Kafka stores any offset it is given (beyond the high
-        # watermark, and negative ones too) and KafkaConsumerClient passes that on.
-        pytest.skip("Kafka accepts commits beyond the high watermark; adapter does not check")
     topic = await backend.topic(partitions=1)
     tp = TopicPartition(topic, 0)
     producer = await backend.started_producer()
@@ -283,6 +284,25 @@ async def test_commit_beyond_high_watermark_is_refused(backend: Backend) -> None
         await consumer.commit({tp: -1})
     await consumer.commit({tp: 1})
     assert await consumer.committed(tp) == 1
+
+
+async def test_per_partition_calls_on_a_partition_not_owned_are_refused(
+    backend: Backend,
+) -> None:
+    topic = await backend.topic(partitions=1)
+    other = TopicPartition(await backend.topic(partitions=1), 0)
+    consumer = await backend.started_consumer([topic], backend.name_for("group"))
+    await backend.poll_until(
+        [consumer], lambda _: consumer.assignment() == {TopicPartition(topic, 0)}, what="assign"
+    )
+    for call in (
+        lambda: consumer.pause(other),
+        lambda: consumer.resume(other),
+        lambda: consumer.seek(other, 0),
+        lambda: consumer.highwater(other),
+    ):
+        with pytest.raises(PartitionNotAssignedError):
+            call()
 
 
 async def test_clients_refuse_use_after_stop(backend: Backend) -> None:

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from core.streaming.errors import StreamingError
+from core.streaming.errors import (
+    PartitionNotAssignedError,
+    StreamingError,
+    UnknownTopicOrPartitionError,
+)
 
-
-class UnknownTopicOrPartitionError(ValueError):
-    """The topic does not exist (and may not be created here), or has no such partition.
-
-    Kafka's ``UNKNOWN_TOPIC_OR_PARTITION``.
-    """
-
-
-class PartitionNotAssignedError(StreamingError):
-    """A per-partition call named a partition this member does not own.
-
-    aiokafka raises ``IllegalStateError`` (or an ``AssertionError`` for ``highwater``).
-    """
+__all__ = ["OffsetOutOfRangeError", "PartitionNotAssignedError", "UnknownTopicOrPartitionError"]
 
 
 class OffsetOutOfRangeError(StreamingError):
