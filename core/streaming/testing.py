@@ -1,4 +1,4 @@
-"""Test a built service on a private embedded broker, with the real reliability path.
+"""Test a built service with the real reliability path in the loop.
 
 ::
 
@@ -9,19 +9,22 @@
             await harness.wait_idle()
             assert harness.produced("fills")[0]["data"]["qty"] == 1
 
-``wait_idle`` waits on the service's own progress (every flow has finished
-every record up to the end of its topics), never on fixed sleeps, and fails with
-a message that says which flow is behind.
+By default the harness runs on a private embedded broker and dedup store.
+With ``embedded=False`` it uses the broker and Redis of the settings it is
+given (a real Kafka in integration tests); ``wait_idle`` and the async readers
+(``read``, ``read_dead_letters``) work on both. ``wait_idle`` waits on the
+service's own progress (every flow has finished every record up to the end of
+its partitions), never on fixed sleeps, and fails saying which flow is behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 from uuid import uuid4
 
 import orjson
@@ -31,7 +34,8 @@ from core.config.settings import RedisSettings, RedpandaSettings, Settings
 from core.streaming.embedded import InMemoryBroker, drop_broker, get_broker
 from core.streaming.infrastructure.message_producer import MessageProducer, Payload
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
-from core.streaming.types import Record, TopicPartition
+from core.streaming.topic_reader import read_topic
+from core.streaming.types import Record
 
 
 class HarnessTimeoutError(AssertionError):
@@ -40,7 +44,7 @@ class HarnessTimeoutError(AssertionError):
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A dead-lettered record: original bytes and the decoded ``dlq.*`` headers."""
+    """A dead-lettered record: original bytes and the decoded headers."""
 
     key: bytes | None
     value: bytes | None
@@ -52,31 +56,50 @@ class DeadLetter:
         return self.headers.get("dlq.exception.type")
 
 
-class StreamTestHarness:
-    """A private embedded broker and dedup store, and helpers to drive a service."""
+class Runnable(Protocol):
+    """A service object with its own start/stop around an orchestrator."""
 
-    def __init__(self, settings: Settings | None = None, *, namespace: str = "test") -> None:
-        name = f"memory://harness-{uuid4().hex[:12]}"
+    @property
+    def orchestrator(self) -> ServiceOrchestrator: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class StreamTestHarness:
+    """A broker and dedup store for a test, and helpers to drive services on them."""
+
+    def __init__(
+        self, settings: Settings | None = None, *, namespace: str = "test", embedded: bool = True
+    ) -> None:
         base = settings or Settings()
-        self.settings = base.model_copy(
-            update={
-                "broker_namespace": base.broker_namespace if settings else namespace,
-                "redpanda": base.redpanda.model_copy(update={"bootstrap_servers": name}),
-                "redis": RedisSettings(url=SecretStr(name)),
-            }
-        )
-        self.broker_url = name
+        self.embedded = embedded
+        if embedded:
+            name = f"memory://harness-{uuid4().hex[:12]}"
+            self.settings = base.model_copy(
+                update={
+                    "broker_namespace": base.broker_namespace if settings else namespace,
+                    "redpanda": base.redpanda.model_copy(update={"bootstrap_servers": name}),
+                    "redis": RedisSettings(url=SecretStr(name)),
+                }
+            )
+        else:
+            self.settings = base
+        self.broker_url = self.settings.redpanda.bootstrap_servers
         self._producer = MessageProducer(self.config, "test-harness")
         self._services: list[ServiceOrchestrator] = []
 
     @property
     def config(self) -> RedpandaSettings:
-        """Broker settings pointing at the harness's embedded broker."""
+        """Broker settings the harness and its services use."""
         return self.settings.redpanda
 
     @property
     def broker(self) -> InMemoryBroker:
-        """The embedded broker, for inspection."""
+        """The embedded broker, for inspection (embedded harness only)."""
+        if not self.embedded:
+            raise RuntimeError("this harness runs on a real broker; use the async readers")
         return get_broker(self.broker_url)
 
     async def __aenter__(self) -> StreamTestHarness:
@@ -87,25 +110,31 @@ class StreamTestHarness:
         for service in reversed(self._services):
             await service.stop()
         await self._producer.stop()
-        drop_broker(self.broker_url)
+        if self.embedded:
+            drop_broker(self.broker_url)
 
     @asynccontextmanager
     async def running(
-        self, service: ServiceOrchestrator, *, ready_timeout_s: float = 5.0
+        self, service: ServiceOrchestrator | Runnable, *, ready_timeout_s: float = 30.0
     ) -> AsyncIterator[ServiceOrchestrator]:
-        """Start ``service``, wait until its consumers joined, stop it on exit."""
-        self._services.append(service)
+        """Start ``service``, wait until its consumers joined, stop it on exit.
+
+        ``service`` is an orchestrator, or an object with ``start``/``stop`` and an
+        ``orchestrator`` (its own start and stop are used).
+        """
+        orchestrator = service if isinstance(service, ServiceOrchestrator) else service.orchestrator
+        self._services.append(orchestrator)
         await service.start()
         try:
             await self._wait(
-                lambda: all(c.has_joined for c in service.consumers),
+                lambda: all(c.has_joined for c in orchestrator.consumers),
                 ready_timeout_s,
-                lambda: f"{service.service_name} consumers did not join their groups",
+                lambda: f"{orchestrator.service_name} consumers did not join their groups",
             )
-            yield service
+            yield orchestrator
         finally:
             await service.stop()
-            self._services.remove(service)
+            self._services.remove(orchestrator)
 
     # ------------------------------------------------------------------ input
 
@@ -134,65 +163,64 @@ class StreamTestHarness:
 
     # ------------------------------------------------------------------ waiting
 
-    async def wait_idle(self, timeout_s: float = 5.0) -> None:
-        """Wait until every running flow finished every record on its topics."""
-        await self._wait(self._all_caught_up, timeout_s, self._behind_report)
+    async def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Wait until every running flow finished every record on its partitions."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            behind = await self._behind()
+            if not behind:
+                return
+            if loop.time() >= deadline:
+                raise HarnessTimeoutError(
+                    "service did not catch up: " + "; ".join(behind) + f" (after {timeout_s:g} s)"
+                )
+            await asyncio.sleep(0.005)
 
     async def wait_for(
-        self, topic: str, count: int, timeout_s: float = 5.0
+        self, topic: str, count: int, timeout_s: float = 10.0
     ) -> list[dict[str, Any]]:
         """Wait until ``topic`` holds at least ``count`` records; returns them decoded."""
-        await self._wait(
-            lambda: (
-                len(self.broker.records(topic)) >= count if topic in self.broker.topics() else False
-            ),
-            timeout_s,
-            lambda: f"{topic} has {len(self.produced(topic))} records, expected {count}",
-        )
-        return self.produced(topic)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            found = await self.read(topic)
+            if len(found) >= count:
+                return found
+            if loop.time() >= deadline:
+                raise HarnessTimeoutError(
+                    f"{topic} has {len(found)} records, expected {count} (after {timeout_s:g} s)"
+                )
+            await asyncio.sleep(0.01)
 
-    def _all_caught_up(self) -> bool:
-        broker = self.broker
+    async def _behind(self) -> list[str]:
+        """What is not finished yet, flow by flow (empty when idle)."""
+        lines: list[str] = []
         for service in self._services:
             for flow in service.flows:
-                positions = flow.consumer.committable_offsets()
                 if flow.dispatcher.in_flight:
-                    return False
-                for topic in flow.consumer.topics:
-                    if topic not in broker.topics():
-                        continue
-                    for partition in range(broker.partition_count(topic)):
-                        tp = TopicPartition(topic, partition)
-                        end = broker.end_offset(tp)
-                        if end == 0:
-                            continue
-                        if (
-                            positions.get(tp, broker.committed(flow.consumer.group_id, tp) or 0)
-                            < end
-                        ):
-                            return False
-        return True
+                    lines.append(f"{flow.name}: {flow.dispatcher.in_flight} in flight")
+                    continue
+                consumer = flow.consumer
+                assignment = consumer.assignment()
+                if not assignment:
+                    continue
+                client = consumer.client
+                ends = await client.end_offsets(assignment)
+                positions = consumer.committable_offsets()
+                for tp, end in sorted(ends.items()):
+                    done = positions.get(tp)
+                    if done is None:
+                        done = await client.position(tp)
+                    if done < end:
+                        lines.append(
+                            f"{flow.name} {tp.topic}[{tp.partition}]: {done} of {end} finished"
+                        )
+        return lines
 
-    def _behind_report(self) -> str:
-        broker = self.broker
-        lines = []
-        for service in self._services:
-            for flow in service.flows:
-                positions = flow.consumer.committable_offsets()
-                for topic in flow.consumer.topics:
-                    if topic not in broker.topics():
-                        continue
-                    for partition in range(broker.partition_count(topic)):
-                        tp = TopicPartition(topic, partition)
-                        end = broker.end_offset(tp)
-                        done = positions.get(tp, broker.committed(flow.consumer.group_id, tp) or 0)
-                        if done < end:
-                            lines.append(
-                                f"{flow.name} {topic}[{partition}]: {done} of {end} finished"
-                            )
-        return "service did not catch up: " + ("; ".join(lines) or "messages still in flight")
-
-    async def _wait(self, condition: Any, timeout_s: float, report: Any) -> None:
+    async def _wait(
+        self, condition: Callable[[], bool], timeout_s: float, report: Callable[[], str]
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not condition():
@@ -202,30 +230,49 @@ class StreamTestHarness:
 
     # ------------------------------------------------------------------ output
 
+    async def read_records(self, topic: str) -> list[Record]:
+        """Records of ``topic`` up to its current end (any backend)."""
+        if self.embedded:
+            return self.records(topic)
+        return await read_topic(self.config, topic)
+
+    async def read(self, topic: str) -> list[dict[str, Any]]:
+        """Decoded envelopes on ``topic`` (any backend; undecodable records left out)."""
+        return _decode_all(await self.read_records(topic))
+
+    async def read_dead_letters(self, topic: str, suffix: str = ".dlq") -> list[DeadLetter]:
+        """Dead letters of ``topic`` (any backend)."""
+        return _dead_letters(await self.read_records(f"{topic}{suffix}"))
+
     def records(self, topic: str) -> list[Record]:
-        """Raw records of ``topic`` in partition then offset order."""
+        """Raw records of ``topic`` in partition then offset order (embedded harness)."""
         if topic not in self.broker.topics():
             return []
         return list(self.broker.records(topic))
 
     def produced(self, topic: str) -> list[dict[str, Any]]:
-        """Decoded envelopes on ``topic`` (undecodable records are left out)."""
-        out: list[dict[str, Any]] = []
-        for record in self.records(topic):
-            try:
-                value = orjson.loads(record.value or b"")
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-        return out
+        """Decoded envelopes on ``topic`` (embedded harness; undecodable records left out)."""
+        return _decode_all(self.records(topic))
 
     def dead_letters(self, topic: str, suffix: str = ".dlq") -> list[DeadLetter]:
-        """Dead letters of ``topic`` (its ``<topic><suffix>`` dead-letter topic)."""
-        return [
-            DeadLetter(r.key, r.value, _decode_headers(r.headers))
-            for r in self.records(f"{topic}{suffix}")
-        ]
+        """Dead letters of ``topic`` (its ``<topic><suffix>`` dead-letter topic; embedded)."""
+        return _dead_letters(self.records(f"{topic}{suffix}"))
+
+
+def _decode_all(records: Sequence[Record]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for record in records:
+        try:
+            value = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def _dead_letters(records: Sequence[Record]) -> list[DeadLetter]:
+    return [DeadLetter(r.key, r.value, _decode_headers(r.headers)) for r in records]
 
 
 def _decode_headers(headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes]) -> dict[str, str]:

@@ -79,6 +79,7 @@ class MessageProducer:
         self._client_factory = client_factory or create_producer
         self._client: ProducerClient | None = None
         self._running = False
+        self._stopped = False
         self._start_lock = asyncio.Lock()
         self.sent = 0
 
@@ -88,10 +89,11 @@ class MessageProducer:
         return self._running
 
     async def start(self) -> None:
-        """Connect the producer. Idempotent."""
+        """Connect the producer. Idempotent; a stopped producer can be started again."""
         async with self._start_lock:
             if self._running:
                 return
+            self._stopped = False
             client = self._client_factory(
                 self.config,
                 client_id=f"{self.config.client_id}-producer-{self.service_name}",
@@ -103,6 +105,7 @@ class MessageProducer:
 
     async def stop(self) -> None:
         """Flush everything in flight, then disconnect. Idempotent."""
+        self._stopped = True
         if not self._running or self._client is None:
             return
         self._running = False
@@ -118,6 +121,9 @@ class MessageProducer:
             await self._client.flush()
 
     async def _ready_client(self) -> ProducerClient:
+        """The client, started on first use; a producer stopped on purpose stays stopped."""
+        if self._stopped:
+            raise ClientClosedError(f"producer of {self.service_name} is stopped")
         if not self._running:
             await self.start()
         if self._client is None:
@@ -132,8 +138,12 @@ class MessageProducer:
         event_type: str | Enum | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        event_id: str | None = None,
     ) -> dict[str, Any]:
         """The envelope dict for ``data``, stamped from the correlation context.
+
+        ``event_id`` fixes the envelope id (so a retried send can be deduplicated);
+        a new UUIDv7 is used otherwise.
 
         An ``EventEnvelope`` is sent as it is; any other payload (a mapping or a
         pydantic model) is wrapped, even if it has an ``id`` field of its own.
@@ -151,7 +161,7 @@ class MessageProducer:
             )
         ctx = CorrelationContext.current()
         return {
-            "id": generate_uuid7(),
+            "id": event_id or generate_uuid7(),
             "type": _type_name(event_type, payload),
             "timestamp": utc_now(),
             "source": self.service_name,
@@ -203,10 +213,11 @@ class MessageProducer:
         causation_id: str | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
+        event_id: str | None = None,
     ) -> PendingSend:
         """Hand one event to the client without waiting for the broker."""
         client = await self._ready_client()
-        envelope = self.build_envelope(data, event_type, correlation_id, causation_id)
+        envelope = self.build_envelope(data, event_type, correlation_id, causation_id, event_id)
         all_headers = self.envelope_headers(envelope)
         if headers:
             all_headers.extend(headers)
@@ -230,6 +241,7 @@ class MessageProducer:
         *,
         causation_id: str | None = None,
         headers: Headers | None = None,
+        event_id: str | None = None,
     ) -> str:
         """Send one event and return its id once the broker acknowledged it."""
         pending = await self.enqueue(
@@ -240,6 +252,7 @@ class MessageProducer:
             correlation_id,
             causation_id=causation_id,
             headers=headers,
+            event_id=event_id,
         )
         await pending.ack
         return pending.event_id
