@@ -1,4 +1,4 @@
-"""The whole trading pipeline on the embedded broker, through the test harness.
+"""The whole trading pipeline through the test harness, on the embedded default and on Kafka.
 
 Feed, strategy runner, validator and engine run with their real reliability paths.
 Raw signals of every kind are injected next to the runner's own: valid ones,
@@ -10,15 +10,18 @@ every outcome must carry the correlation id of the raw signal it came from.
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Any
+from uuid import uuid4
 
 import pytest
+from pydantic import SecretStr
 
-from core.config.settings import Settings, TradingSettings
+from core.config.settings import RedisSettings, RedpandaSettings, Settings, TradingSettings
 from core.schemas.events import (
     EventEnvelope,
     EventType,
@@ -40,8 +43,6 @@ pytestmark = pytest.mark.timeout(60)
 
 OPEN_AT = datetime(2026, 11, 25, 10, 30, tzinfo=IST)
 CLOSED_AT = datetime(2026, 11, 25, 16, 0, tzinfo=IST)
-ROUTES = {"momentum": ["paper", "live"]}
-NAMESPACES = ("paper", "live")
 RELIANCE = 738561
 TCS = 2953217
 
@@ -60,12 +61,10 @@ class Clock:
 async def running(
     harness: StreamTestHarness, services: Sequence[RunnableService]
 ) -> AsyncIterator[None]:
-    """Start each service (its own start()), register it with the harness, stop in reverse."""
+    """Run every service through the harness; they stop in reverse order."""
     async with AsyncExitStack() as stack:
         for service in services:
-            await service.start()
-            await stack.enter_async_context(harness.running(service.orchestrator))
-            stack.push_async_callback(service.stop)
+            await stack.enter_async_context(harness.running(service))
         yield
 
 
@@ -97,15 +96,46 @@ def key_of(envelope: dict[str, Any]) -> Key:
     return envelope.get("correlation_id"), signal_id
 
 
-async def test_every_raw_signal_ends_in_exactly_one_outcome() -> None:
+@pytest.fixture(params=["memory", "kafka"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The pipeline runs on the embedded default and on real Kafka and Redis."""
+    if request.param == "kafka" and not (
+        os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL")
+    ):
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS/REDIS_URL not set; run via scripts/test.sh")
+    return str(request.param)
+
+
+def _harness(backend: str) -> tuple[StreamTestHarness, str, str]:
+    """A harness for ``backend`` and the two namespaces the test trades on."""
+    if backend == "memory":
+        paper, live = "paper", "live"
+        base = Settings(
+            broker_namespace=paper,
+            trading=TradingSettings(strategy_routes={"momentum": [paper, live]}),
+        )
+        return StreamTestHarness(base), paper, live
+    run = uuid4().hex[:8]
+    paper, live = f"e2e-{run}-paper", f"e2e-{run}-live"
     base = Settings(
-        broker_namespace="paper",
-        trading=TradingSettings(strategy_routes=ROUTES),
+        broker_namespace=paper,
+        trading=TradingSettings(strategy_routes={"momentum": [paper, live]}),
+        redpanda=RedpandaSettings(
+            bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"], group_id_prefix=f"e2e-{run}"
+        ),
+        redis=RedisSettings(url=SecretStr(os.environ["REDIS_URL"])),
     )
+    return StreamTestHarness(base, embedded=False), paper, live
+
+
+async def test_every_raw_signal_ends_in_exactly_one_outcome(backend: str) -> None:
     clock = Clock(OPEN_AT)
-    async with StreamTestHarness(base) as harness:
+    harness, paper, live = _harness(backend)
+    NAMESPACES = (paper, live)
+    ROUTES = {"momentum": [paper, live]}
+    async with harness:
         settings = harness.settings
-        topics = TopicMap("paper")
+        topics = TopicMap(paper)
         services = build_pipeline(settings, clock=clock, tick_rate=5_000, max_ticks=60, seed=11)
         engine, feed = services[0], services[-1]
         assert isinstance(engine, TradingEngineService)
@@ -161,8 +191,9 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome() -> None:
             snapshot = engine.snapshot()
 
         # ------------------------------------------------------------ the raw signals
-        raw_envelopes = {e["id"]: e for e in harness.produced(topics.signals_raw())}
-        assert len(harness.produced(topics.signals_raw())) == len(raw_envelopes) + 2
+        raw_all = await harness.read(topics.signals_raw())
+        raw_envelopes = {e["id"]: e for e in raw_all}
+        assert len(raw_all) == len(raw_envelopes) + 2
         raw_keys = [key_of(e) for e in raw_envelopes.values()]
         assert len(set(raw_keys)) == len(raw_keys), "raw signals must be distinguishable"
         assert all(corr is not None for corr, _ in raw_keys)
@@ -171,18 +202,18 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome() -> None:
 
         # ------------------------------------------------------------ their outcomes
         rejections: dict[Key, list[dict[str, Any]]] = defaultdict(list)
-        for envelope in harness.produced(topics.signals_rejected()):
+        for envelope in await harness.read(topics.signals_rejected()):
             assert envelope["type"] == EventType.REJECTED_SIGNAL
             rejections[key_of(envelope)].append(envelope)
         orders: dict[Key, list[str]] = defaultdict(list)
         placed_ids: list[str] = []
         filled_ids: list[str] = []
         for ns in NAMESPACES:
-            for envelope in harness.produced(TopicMap(ns).orders()):
+            for envelope in await harness.read(TopicMap(ns).orders()):
                 assert envelope["type"] == EventType.ORDER_PLACED
                 orders[key_of(envelope)].append(ns)
                 placed_ids.append(envelope["data"]["client_order_id"])
-            for envelope in harness.produced(TopicMap(ns).executions()):
+            for envelope in await harness.read(TopicMap(ns).executions()):
                 if envelope["type"] == EventType.ORDER_REJECTED:
                     orders[key_of(envelope)].append(ns)
                 else:
@@ -198,7 +229,7 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome() -> None:
                 assert len(rejections[key]) == 1, f"{key}: {rejections[key]}"
                 assert key not in orders, f"{key} was rejected and ordered"
             else:
-                targets = ROUTES.get(strategy, ["paper"])
+                targets = ROUTES.get(strategy, [paper])
                 assert sorted(orders.get(key, [])) == sorted(targets), key
 
         assert len(placed_ids) == len(set(placed_ids)), "duplicate client order ids placed"
@@ -216,7 +247,7 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome() -> None:
                 assert rejection["data"]["reason"].startswith(expect), rejection
                 assert rejection["correlation_id"] == corr
         momentum_buy = by_corr["corr-0"]
-        assert sorted(orders[momentum_buy]) == ["live", "paper"]
+        assert sorted(orders[momentum_buy]) == sorted([live, paper])
         reused_key = by_corr["corr-6"]
         assert reused_key[1] == reused
         oids = {client_order_id(reused, ns) for ns in NAMESPACES}
@@ -230,7 +261,7 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome() -> None:
             topics.signals_validated(),
             TopicNames.MARKET_TICKS,
         ):
-            assert harness.dead_letters(topic) == []
+            assert await harness.read_dead_letters(topic) == []
 
         assert snapshot.stats["signals_rejected"] == 2
         assert snapshot.stats["orders_placed"] == len(placed_ids)
