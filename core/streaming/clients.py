@@ -47,7 +47,13 @@ from core.streaming.errors import (
     PartitionNotAssignedError,
 )
 from core.streaming.topic_names import validate_topic_name
-from core.streaming.types import Headers, Record, RecordMetadata, TopicPartition, TopicSpec
+from core.streaming.types import (
+    FetchedRecord,
+    Headers,
+    RecordMetadata,
+    TopicPartition,
+    TopicSpec,
+)
 
 Redis = redis_asyncio.Redis
 
@@ -90,7 +96,7 @@ class ConsumerClient(Protocol):
 
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[Record]]: ...
+    ) -> Mapping[TopicPartition, Sequence[FetchedRecord]]: ...
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
 
@@ -240,18 +246,11 @@ class KafkaConsumerClient:
 
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
-    ) -> dict[TopicPartition, list[Record]]:
+    ) -> Mapping[TopicPartition, Sequence[FetchedRecord]]:
         self._check()
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        out: dict[TopicPartition, list[Record]] = {}
-        for ktp, records in batches.items():
-            out[TopicPartition(ktp.topic, ktp.partition)] = [
-                Record(
-                    r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers), r.timestamp
-                )
-                for r in records
-            ]
-        return out
+        # aiokafka's records already have the FetchedRecord attributes: no copy per record.
+        return {TopicPartition(ktp.topic, ktp.partition): recs for ktp, recs in batches.items()}
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self._check()

@@ -35,7 +35,7 @@ from core.streaming.embedded import InMemoryBroker, drop_broker, get_broker
 from core.streaming.infrastructure.message_producer import MessageProducer, Payload
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
 from core.streaming.topic_reader import read_topic
-from core.streaming.types import Record
+from core.streaming.types import FetchedRecord
 
 
 class HarnessTimeoutError(AssertionError):
@@ -230,7 +230,7 @@ class StreamTestHarness:
 
     # ------------------------------------------------------------------ output
 
-    async def read_records(self, topic: str) -> list[Record]:
+    async def read_records(self, topic: str) -> list[FetchedRecord]:
         """Records of ``topic`` up to its current end (any backend)."""
         if self.embedded:
             return self.records(topic)
@@ -244,7 +244,7 @@ class StreamTestHarness:
         """Dead letters of ``topic`` (any backend)."""
         return _dead_letters(await self.read_records(f"{topic}{suffix}"))
 
-    def records(self, topic: str) -> list[Record]:
+    def records(self, topic: str) -> list[FetchedRecord]:
         """Raw records of ``topic`` in partition then offset order (embedded harness)."""
         if topic not in self.broker.topics():
             return []
@@ -259,7 +259,7 @@ class StreamTestHarness:
         return _dead_letters(self.records(f"{topic}{suffix}"))
 
 
-def _decode_all(records: Sequence[Record]) -> list[dict[str, Any]]:
+def _decode_all(records: Sequence[FetchedRecord]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for record in records:
         try:
@@ -271,7 +271,7 @@ def _decode_all(records: Sequence[Record]) -> list[dict[str, Any]]:
     return out
 
 
-def _dead_letters(records: Sequence[Record]) -> list[DeadLetter]:
+def _dead_letters(records: Sequence[FetchedRecord]) -> list[DeadLetter]:
     return [DeadLetter(r.key, r.value, _decode_headers(r.headers)) for r in records]
 
 

@@ -12,7 +12,7 @@ from uuid import uuid4
 
 from core.config.settings import RedpandaSettings
 from core.streaming.clients import ConsumerClient, create_consumer
-from core.streaming.types import Record, TopicPartition
+from core.streaming.types import FetchedRecord, TopicPartition
 
 
 async def _caught_up(consumer: ConsumerClient, ends: dict[TopicPartition, int]) -> bool:
@@ -24,7 +24,7 @@ async def _caught_up(consumer: ConsumerClient, ends: dict[TopicPartition, int]) 
 
 async def read_topic(
     config: RedpandaSettings, topic: str, *, timeout_s: float = 15.0
-) -> list[Record]:
+) -> list[FetchedRecord]:
     """Every record of ``topic`` up to its end when reading started, by partition and offset.
 
     Uses a throwaway consumer group and never commits. Raises ``TimeoutError``
@@ -34,7 +34,7 @@ async def read_topic(
         config, [topic], f"tradestream-reader-{uuid4().hex[:10]}", auto_offset_reset="earliest"
     )
     await consumer.start()
-    records: list[Record] = []
+    records: list[FetchedRecord] = []
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

@@ -34,6 +34,31 @@ class Record:
         return TopicPartition(self.topic, self.partition)
 
 
+class FetchedRecord(Protocol):
+    """What a consumer client hands out per record (Kafka's own record objects fit)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Headers: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+
 class RecordMetadata(Protocol):
     """Where the broker stored an acknowledged record."""
 

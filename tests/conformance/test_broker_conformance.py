@@ -151,8 +151,8 @@ async def test_members_split_partitions_and_one_takes_over_on_leave(backend: Bac
     got = await backend.poll_until(
         [a, b], lambda got: len(got[0]) + len(got[1]) >= 3, what="one record per partition"
     )
-    assert {r.topic_partition for r in got[0]} == owned_by_a
-    assert {r.topic_partition for r in got[1]} == owned_by_b
+    assert {TopicPartition(r.topic, r.partition) for r in got[0]} == owned_by_a
+    assert {TopicPartition(r.topic, r.partition) for r in got[1]} == owned_by_b
 
     callbacks_before_stop = list(listener_b.events)
     await b.stop()
@@ -163,7 +163,7 @@ async def test_members_split_partitions_and_one_takes_over_on_leave(backend: Bac
     again = await backend.poll_until(
         [a],
         lambda got: (
-            a.assignment() == everything and {r.topic_partition for r in got[0]} == everything
+            a.assignment() == everything and {TopicPartition(r.topic, r.partition) for r in got[0]} == everything
         ),
         what="a to take over every partition and reread it",
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from core.streaming.types import Headers, Record, TopicPartition
+from core.streaming.types import FetchedRecord, Headers, TopicPartition
 
 
 @dataclass(slots=True)
@@ -71,32 +71,44 @@ class ConsumedMessage:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
-def decode_record(record: Record, generation: int = 0) -> ConsumedMessage:
+def decode_record(record: FetchedRecord, generation: int = 0) -> ConsumedMessage:
     """Decode a record's value as a JSON object; never raises on bad bytes."""
     raw = record.value
-    value: dict[str, Any] | None = None
-    error: str | None = None
-    if raw is None:
-        error = "empty value (tombstone)"
-    else:
+    if raw is not None:
         try:
-            decoded = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            decoded = _loads(raw)
+        except _JSONDecodeError as exc:
             error = f"not valid UTF-8 JSON: {exc}"
         else:
-            if isinstance(decoded, dict):
-                value = decoded
-            else:
-                error = f"JSON value is a {type(decoded).__name__}, not an object"
+            if type(decoded) is dict:
+                return ConsumedMessage(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.key,
+                    decoded,
+                    raw,
+                    record.headers,
+                    record.timestamp,
+                    None,
+                    generation,
+                )
+            error = f"JSON value is a {type(decoded).__name__}, not an object"
+    else:
+        error = "empty value (tombstone)"
     return ConsumedMessage(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=value,
-        raw_value=raw,
-        headers=record.headers,
-        timestamp=record.timestamp,
-        decode_error=error,
-        generation=generation,
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        None,
+        raw,
+        record.headers,
+        record.timestamp,
+        error,
+        generation,
     )
+
+
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError

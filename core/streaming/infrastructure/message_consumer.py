@@ -134,12 +134,14 @@ class MessageConsumer:
         )
         out: list[ConsumedMessage] = []
         for tp, records in batches.items():
+            if not records:
+                continue
             state = self._offsets.get(tp)
             if state is None:
                 state = self._offsets[tp] = PartitionOffsets(self._generation)
-            for record in records:
-                state.fetched(record.offset)
-                out.append(decode_record(record, state.generation))
+            state.fetched_many([r.offset for r in records])
+            generation = state.generation
+            out.extend([decode_record(record, generation) for record in records])
         return out
 
     async def consume(self) -> AsyncIterator[ConsumedMessage]:
@@ -157,7 +159,7 @@ class MessageConsumer:
 
         A message from an assignment that has since been revoked does not count.
         """
-        state = self._offsets.get(message.topic_partition)
+        state = self._offsets.get((message.topic, message.partition))  # type: ignore[call-overload]
         if state is None or state.generation != message.generation:
             return False
         state.finish(message.offset)

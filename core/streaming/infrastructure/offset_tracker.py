@@ -28,6 +28,12 @@ class PartitionOffsets:
         self.in_flight.append(offset)
         self.next_position = offset + 1
 
+    def fetched_many(self, offsets: list[int]) -> None:
+        """Record that ``offsets`` (ascending) were handed out for processing."""
+        if offsets:
+            self.in_flight.extend(offsets)
+            self.next_position = offsets[-1] + 1
+
     def finish(self, offset: int) -> None:
         """Mark ``offset`` final (handled, skipped or dead-lettered)."""
         if self.in_flight and self.in_flight[0] == offset:
