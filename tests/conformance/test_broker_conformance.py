@@ -163,7 +163,8 @@ async def test_members_split_partitions_and_one_takes_over_on_leave(backend: Bac
     again = await backend.poll_until(
         [a],
         lambda got: (
-            a.assignment() == everything and {TopicPartition(r.topic, r.partition) for r in got[0]} == everything
+            a.assignment() == everything
+            and {TopicPartition(r.topic, r.partition) for r in got[0]} == everything
         ),
         what="a to take over every partition and reread it",
     )

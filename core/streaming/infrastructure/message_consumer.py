@@ -159,10 +159,11 @@ class MessageConsumer:
 
         A message from an assignment that has since been revoked does not count.
         """
-        state = self._offsets.get((message.topic, message.partition))  # type: ignore[call-overload]
+        record = message.record
+        state = self._offsets.get((record.topic, record.partition))  # type: ignore[call-overload]
         if state is None or state.generation != message.generation:
             return False
-        state.finish(message.offset)
+        state.finish(record.offset)
         self._finished_since_commit += 1
         return True
 

@@ -106,7 +106,7 @@ def message(
         decoded = orjson.loads(value) if value is not None else None
     except orjson.JSONDecodeError as exc:
         error = str(exc)
-    return ConsumedMessage(
+    return ConsumedMessage.of(
         topic="orders",
         partition=2,
         offset=41,
