@@ -164,8 +164,13 @@ class ReliabilitySettings(BaseModel):
 class ObservabilitySettings(BaseModel):
     """Logs and the ops HTTP endpoint."""
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
     log_format: LogFormat = "console"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     http_enabled: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=9100, ge=0, lt=65536)
@@ -221,22 +226,41 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_overrides(self) -> Settings:
-        for name in self.services:
-            self.reliability_for(name)
+        problems: list[str] = []
+        for name, overrides in self.services.items():
+            prefix = f"{ENV_PREFIX}SERVICES{ENV_NESTED_DELIMITER}{name}{ENV_NESTED_DELIMITER}"
+            unknown = sorted(set(overrides) - set(ReliabilitySettings.model_fields))
+            problems.extend(
+                f"{prefix}{field.upper()}: unknown reliability field" for field in unknown
+            )
+            if unknown:
+                continue
+            try:
+                ReliabilitySettings.model_validate(self.reliability.model_dump() | overrides)
+            except ValidationError as exc:
+                for err in exc.errors(include_input=False, include_url=False):
+                    field = ENV_NESTED_DELIMITER.join(str(p) for p in err["loc"]).upper()
+                    problems.append(f"{prefix}{field}: {err['msg']}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
+    def _overrides_of(self, service_name: str) -> dict[str, Any]:
+        wanted = {service_name, service_name.lower(), service_name.replace("-", "_").lower()}
+        for name, overrides in self.services.items():
+            if name in wanted or name.lower() in wanted:
+                return overrides
+        return {}
+
     def reliability_for(self, service_name: str) -> ReliabilitySettings:
-        """The reliability settings of one service: defaults plus its overrides."""
-        overrides = self.services.get(service_name) or self.services.get(
-            service_name.replace("-", "_")
-        )
+        """The reliability settings of one service: defaults plus its overrides.
+
+        Service names match case-insensitively, with ``-`` and ``_`` alike.
+        """
+        overrides = self._overrides_of(service_name)
         if not overrides:
             return self.reliability
-        unknown = set(overrides) - set(ReliabilitySettings.model_fields)
-        if unknown:
-            raise ValueError(f"unknown reliability field(s) for {service_name}: {sorted(unknown)}")
-        merged = self.reliability.model_dump() | overrides
-        return ReliabilitySettings.model_validate(merged)
+        return ReliabilitySettings.model_validate(self.reliability.model_dump() | overrides)
 
 
 def env_name(loc: tuple[int | str, ...]) -> str:
@@ -253,5 +277,5 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors(include_input=False, include_url=False):
             loc = tuple(p for p in err["loc"] if p != "__root__")
             msg = str(err["msg"]).removeprefix("Value error, ")
-            lines.append(f"{env_name(loc)}: {msg}")
+            lines.append(f"{env_name(loc)}: {msg}" if loc else msg)
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -87,7 +87,7 @@ class DeadLetterRecord:
 
     @property
     def failed_at(self) -> str:
-        """When it first failed (ISO UTC)."""
+        """When the dead letter was written, after the last attempt (ISO UTC)."""
         return self.header(HEADER_FAILED_AT) or "?"
 
     def decoded_headers(self) -> dict[str, str]:

@@ -47,5 +47,6 @@ def configure_logging(fmt: Literal["json", "console"] = "console", level: str = 
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(max(numeric, logging.INFO) if numeric < logging.INFO else numeric)
-    logging.getLogger("aiokafka").setLevel(max(numeric, logging.WARNING))
+    root.setLevel(numeric)
+    # aiokafka is chatty at INFO (every rebalance step); keep it to warnings unless debugging.
+    logging.getLogger("aiokafka").setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)

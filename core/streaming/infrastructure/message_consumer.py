@@ -181,15 +181,25 @@ class MessageConsumer:
         if policy.per_message or self._finished_since_commit >= policy.every:
             await self.flush()
 
-    async def _maybe_commit(self) -> None:
-        if self._finished_since_commit == 0:
-            return
-        elapsed_ms = (time.monotonic() - self._last_commit) * 1000
-        if (
-            self._finished_since_commit >= self.commit_policy.every
-            or elapsed_ms >= self.commit_policy.interval_ms
-        ):
+    def commit_due(self) -> bool:
+        """True when finished offsets should be committed now under the policy."""
+        finished = self._finished_since_commit
+        if finished == 0:
+            return False
+        policy = self.commit_policy
+        return (
+            policy.per_message
+            or finished >= policy.every
+            or (time.monotonic() - self._last_commit) * 1000 >= policy.interval_ms
+        )
+
+    async def commit_if_due(self) -> None:
+        """Commit finished offsets if the policy says it is time."""
+        if self.commit_due():
             await self.flush()
+
+    async def _maybe_commit(self) -> None:
+        await self.commit_if_due()
 
     async def flush(self, partitions: set[TopicPartition] | None = None) -> None:
         """Commit every finished offset now (of ``partitions`` if given)."""

@@ -121,6 +121,7 @@ class ConsumerFlow:
             ):
                 await d.wait_progress(0.1)
                 await self.layer.flush_done()
+                await consumer.commit_if_due()
                 self._observe()
         finally:
             if consumer.is_running:
@@ -153,6 +154,11 @@ class ConsumerFlow:
                 self.options.revocation_timeout_s,
             )
         await self.layer.flush_done()
+        if self.metrics is not None:
+            for tp in partitions:
+                self.metrics.clear_lag(
+                    tp.topic, tp.partition, consumer_group=self.consumer.group_id
+                )
         if dropped:
             logger.info(
                 "flow %s: %d queued messages of revoked partitions dropped", self.name, dropped
@@ -188,6 +194,9 @@ class ConsumerFlow:
         if not self._started:
             return
         self._started = False
+        # A dead letter that cannot be written must not hold the drain: it gives up,
+        # its message stays uncommitted and is redelivered after the restart.
+        self.layer.error_handler.stop_dead_letter_retries()
         drained = await self.dispatcher.wait_idle(self.options.drain_timeout_s)
         if not drained:
             logger.error(

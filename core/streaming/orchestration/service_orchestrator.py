@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -45,6 +46,8 @@ class _FlowSupervisor:
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self.restarts = 0
+        self.stable_after_s = 300.0
+        self._last_crash = time.monotonic()
         self.gave_up = False
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -67,6 +70,10 @@ class _FlowSupervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                now = time.monotonic()
+                if now - self._last_crash > self.stable_after_s:
+                    self.restarts = 0  # the budget is per burst of crashes, not per lifetime
+                self._last_crash = now
                 self.restarts += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.exception(
@@ -312,7 +319,8 @@ class ServiceOrchestrator:
         if self.connections is not None and self._status == "running":
             connections_ok = bool(components.get("connections", {}).get("healthy", False))
         joined = all(c.has_joined for c in self.consumers)
-        ready = live and connections_ok and joined
+        dead_letters_ok = not any(f.layer.error_handler.dead_letter_blocked for f in self.flows)
+        ready = live and connections_ok and joined and dead_letters_ok
         status = self._status
         if status == "running" and not live:
             status = "unhealthy"

@@ -173,7 +173,7 @@ class StreamServiceBuilder:
         connections = ConnectionManager(
             self.settings.model_copy(update={"redpanda": self.config}),
             use_redis=bool(dedup_flows),
-            redis_client=self._redis_client,
+            redis_client=self._redis_client if dedup_flows else None,
         )
         metrics = None
         if rel.metrics_enabled:
@@ -281,9 +281,9 @@ class StreamServiceBuilder:
         return orchestrator
 
     def _dedup_on(self, spec: _FlowSpec, rel: ReliabilitySettings) -> bool:
-        if spec.overrides.dedup is not None:
-            return spec.overrides.dedup and (self._use_redis or rel.dedup_enabled)
-        return self._use_redis and rel.dedup_enabled
+        """Code asks for dedup (with_redis, or dedup=True on the flow); settings may veto."""
+        wanted = self._use_redis if spec.overrides.dedup is None else spec.overrides.dedup
+        return wanted and self._flow_settings(spec, rel).dedup_enabled
 
     def _dead_letters_on(self, spec: _FlowSpec, rel: ReliabilitySettings) -> bool:
         return (

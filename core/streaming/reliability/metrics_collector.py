@@ -78,7 +78,7 @@ class MetricsCollector:
         reg = self._registry
         self._consumed = Counter(
             PREFIX + "messages_consumed_total",
-            "Messages fetched from the broker.",
+            "Messages taken up for processing (redeliveries count again).",
             flow,
             registry=reg,
         )
@@ -144,7 +144,7 @@ class MetricsCollector:
         )
         self._lag = Gauge(
             PREFIX + "consumer_lag",
-            "High watermark minus committed position, per partition.",
+            "High watermark minus the fetch position, per partition.",
             ("service", "topic", "partition", "consumer_group"),
             registry=reg,
         )
@@ -249,7 +249,7 @@ class MetricsCollector:
     def set_lag(
         self, topic: str, partition: int, lag: int, consumer_group: str | None = None
     ) -> None:
-        """Set the lag of one partition (high watermark minus committed offset)."""
+        """Set the lag of one partition (high watermark minus the fetch position)."""
         g = self._group(consumer_group)
         key = (id(self._lag), topic, partition, g)
         gauge: Gauge = self._child(

@@ -46,7 +46,8 @@ FinishCallback = Callable[[ConsumedMessage], None]
 T = TypeVar("T")
 
 _CLAIM_RETRY_INITIAL_S = 0.05
-_CLAIM_RETRY_MAX_S = 1.0
+_CLAIM_RETRY_MAX_S = 1.0  # waiting for another worker's claim
+_UNAVAILABLE_RETRY_MAX_S = 5.0  # waiting for the dedup store to come back
 
 
 class MessageOutcome(StrEnum):
@@ -147,7 +148,7 @@ class ReliabilityLayer:
                     retry_in_s=backoff,
                 )
                 await asyncio.sleep(backoff)
-                backoff = min(_CLAIM_RETRY_MAX_S * 5, backoff * 2)
+                backoff = min(_UNAVAILABLE_RETRY_MAX_S, backoff * 2)
 
     async def release_claims(
         self, items: Iterable[tuple[ConsumedMessage, ClaimResult | None]]
@@ -170,6 +171,8 @@ class ReliabilityLayer:
                 await self._with_dedup_retry(lambda: self.deduplicator_or_raise.mark_done_many(ids))
             for message, _ in batch:
                 self._finish(message, MessageOutcome.HANDLED)
+        if self.consumer.commit_due():
+            await self.consumer.flush()
 
     def _finish(self, message: ConsumedMessage, outcome: MessageOutcome) -> None:
         self.consumer.mark_finished(message)
@@ -185,8 +188,18 @@ class ReliabilityLayer:
         """Take one message to a final state (the plan's entry point).
 
         ``claim`` is the result of a batch claim made by the dispatcher; without
-        it the id is claimed here with a round trip of its own.
+        it the id is claimed here with a round trip of its own. Offsets are
+        committed here when the consumer's commit policy says so (every message
+        under the per-message policy).
         """
+        outcome = await self._process(raw_message, claim)
+        if self.consumer.commit_due():
+            await self.consumer.flush()
+        return outcome
+
+    async def _process(
+        self, raw_message: ConsumedMessage, claim: ClaimResult | None
+    ) -> MessageOutcome:
         metrics = self.metrics_collector
         if metrics is not None:
             metrics.record_consumed(raw_message.topic, consumer_group=self._group)

@@ -65,7 +65,9 @@ def test_per_service_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"TRADESTREAM_REDPANDA__SECURITY_PROTOCOL": "KERBEROS"}, "REDPANDA__SECURITY_PROTOCOL"),
         ({"TRADESTREAM_REDPANDA__SECURITY_PROTOCOL": "SASL_SSL"}, "sasl_mechanism"),
         ({"TRADESTREAM_REDIS__URL": "http://x"}, "REDIS__URL"),
-        ({"TRADESTREAM_SERVICES__svc__no_such_switch": "1"}, "no_such_switch"),
+        ({"TRADESTREAM_SERVICES__svc__no_such_switch": "1"}, "SERVICES__svc__NO_SUCH_SWITCH"),
+        ({"TRADESTREAM_SERVICES__svc__ordering": "sideways"}, "SERVICES__svc__ORDERING"),
+        ({"TRADESTREAM_OBSERVABILITY__LOG_LEVEL": "LOUD"}, "OBSERVABILITY__LOG_LEVEL"),
         ({"TRADESTREAM_RELIABILITY__RETRY_MAX_ATTEMPTS": "0"}, "RELIABILITY__RETRY_MAX_ATTEMPTS"),
     ],
 )
@@ -97,3 +99,14 @@ def test_secrets_never_show(
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert "hunter2-secret" not in str(info.value)
+
+
+def test_service_names_match_case_insensitively(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADESTREAM_SERVICES__OrderPricer__concurrency", "3")
+    monkeypatch.setenv("TRADESTREAM_SERVICES__OrderPricer__default_concurrency", "4")
+    with pytest.raises(SettingsError, match="SERVICES__orderpricer__CONCURRENCY"):
+        load_settings()
+    monkeypatch.delenv("TRADESTREAM_SERVICES__OrderPricer__concurrency")
+    settings = load_settings()
+    assert settings.reliability_for("OrderPricer").default_concurrency == 4
+    assert settings.reliability_for("order-pricer").default_concurrency == 1

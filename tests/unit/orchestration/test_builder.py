@@ -126,3 +126,33 @@ async def test_handler_reaches_the_producer_it_asked_for() -> None:
             await harness.publish("in", {"n": 7})
             await harness.wait_idle()
         assert [e["data"] for e in harness.produced("out")] == [{"echo": 7}]
+
+
+def test_environment_vetoes_dedup_even_where_code_asks_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRADESTREAM_SERVICES__svc__dedup_enabled", "false")
+    service = (
+        StreamServiceBuilder("svc", settings=Settings())
+        .with_redis()
+        .add_consumer_handler(["in"], "g", _noop, dedup=True)
+        .build()
+    )
+    assert service.flows[0].layer.deduplicator is None
+    assert service.connections is not None and not service.connections.use_redis
+
+
+async def test_per_message_commit_policy_commits_each_message_in_a_flow() -> None:
+    async with StreamTestHarness() as harness:
+        service = (
+            StreamServiceBuilder("committer", harness.config, harness.settings)
+            .add_consumer_handler(
+                ["in"], "committer.g", _noop, commit_policy=CommitPolicy.per_message_sync()
+            )
+            .build()
+        )
+        async with harness.running(service):
+            for n in range(5):
+                await harness.publish("in", {"n": n}, key="same-partition")
+                await harness.wait_idle()
+            assert service.consumers[0].commits == 5
