@@ -18,10 +18,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "demo.sh: creating .venv" >&2
   python3 -m venv .venv
 fi
+# The demo needs only the runtime dependencies; scripts/test.sh adds the dev tools.
 stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [ ! -f .venv/.tradestream-install ] || [ "$(cat .venv/.tradestream-install)" != "$stamp" ]; then
-  echo "demo.sh: installing the project into .venv (first run takes a minute)" >&2
-  .venv/bin/python -m pip install -q -e '.[dev]'
-  echo "$stamp" >.venv/.tradestream-install
+if [ ! -f .venv/.tradestream-runtime ] || [ "$(cat .venv/.tradestream-runtime)" != "$stamp" ]; then
+  echo "demo.sh: installing the project into .venv (about half a minute on first run)" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+  echo "$stamp" >.venv/.tradestream-runtime
 fi
 exec .venv/bin/tradestream demo "$@"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Sequence
@@ -66,6 +67,9 @@ async def run_until_stopped(services: Sequence[RunnableService]) -> int:
     installed = install_stop_signals(stop)
     try:
         await start_all(services)
+        # Start-up objects live as long as the process: keep the collector off them.
+        gc.collect()
+        gc.freeze()
         waiters = [asyncio.ensure_future(stop.wait())] + [
             asyncio.ensure_future(s.orchestrator.coordinator.wait_stop_requested())
             for s in services
