@@ -62,6 +62,7 @@ class MessageConsumer:
         self._assigned_event = asyncio.Event()
         self._joined = False
         self.commits = 0
+        self.commit_failures = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -194,9 +195,24 @@ class MessageConsumer:
         )
 
     async def commit_if_due(self) -> None:
-        """Commit finished offsets if the policy says it is time."""
-        if self.commit_due():
+        """Commit finished offsets if the policy says it is time.
+
+        A failed commit here (a rebalance in progress, a broker hiccup) is logged
+        and counted, not raised: the offsets stay pending and the next commit,
+        the one on revocation or the one on stop covers them.
+        """
+        if not self.commit_due():
+            return
+        try:
             await self.flush()
+        except Exception as exc:
+            self.commit_failures += 1
+            logger.warning(
+                "commit for group %s failed, will retry: %s: %s",
+                self.group_id,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _maybe_commit(self) -> None:
         await self.commit_if_due()

@@ -172,7 +172,7 @@ class ReliabilityLayer:
             for message, _ in batch:
                 self._finish(message, MessageOutcome.HANDLED)
         if self.consumer.commit_due():
-            await self.consumer.flush()
+            await self.consumer.commit_if_due()
 
     def _finish(self, message: ConsumedMessage, outcome: MessageOutcome) -> None:
         self.consumer.mark_finished(message)
@@ -194,7 +194,7 @@ class ReliabilityLayer:
         """
         outcome = await self._process(raw_message, claim)
         if self.consumer.commit_due():
-            await self.consumer.flush()
+            await self.consumer.commit_if_due()
         return outcome
 
     async def _process(
