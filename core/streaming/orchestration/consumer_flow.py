@@ -14,12 +14,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from core.streaming.infrastructure.consumed_message import ConsumedMessage
 from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.orchestration.dispatcher import Dispatcher, LaneCrashedError, OrderingMode
 from core.streaming.reliability.reliability_layer import ReliabilityLayer, dedup_id
 from core.streaming.types import TopicPartition
 
 logger = logging.getLogger(__name__)
+
+_POLL_WHILE_PAUSED_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -92,14 +95,19 @@ class ConsumerFlow:
             room = self.options.max_in_flight - dispatcher.in_flight
             batch = await consumer.fetch_batch(max_records=room)
             await layer.flush_done()
-            if batch:
-                claims = await layer.claim_batch(batch)
-                for message in batch:
-                    # A batch claim belongs to the first copy of an id; later copies in
-                    # the same batch claim again when their turn comes.
-                    claim = claims.pop(dedup_id(message), None) if message.is_decodable else None
-                    dispatcher.submit(message, claim)
+            await self._dispatch(batch)
             self._observe()
+
+    async def _dispatch(self, batch: list[ConsumedMessage]) -> None:
+        """Claim a fetched batch with one dedup call and queue it on the lanes."""
+        if not batch:
+            return
+        claims = await self.layer.claim_batch(batch)
+        for message in batch:
+            # A batch claim belongs to the first copy of an id; later copies in the
+            # same batch claim again when their turn comes.
+            claim = claims.pop(dedup_id(message), None) if message.is_decodable else None
+            self.dispatcher.submit(message, claim)
 
     def _over_bound(self) -> bool:
         d, o = self.dispatcher, self.options
@@ -110,6 +118,7 @@ class ConsumerFlow:
         consumer, d, o = self.consumer, self.dispatcher, self.options
         consumer.pause()
         self.backpressure_pauses += 1
+        last_poll = time.monotonic()
         try:
             while (
                 not self._stopping
@@ -123,6 +132,12 @@ class ConsumerFlow:
                 await self.layer.flush_done()
                 await consumer.commit_if_due()
                 self._observe()
+                if time.monotonic() - last_poll >= _POLL_WHILE_PAUSED_S:
+                    # Keep polling so the group does not take this member for dead;
+                    # partitions assigned meanwhile are not paused yet and may yield.
+                    last_poll = time.monotonic()
+                    await self._dispatch(await consumer.fetch_batch(timeout_ms=0))
+                    consumer.pause()
         finally:
             if consumer.is_running:
                 consumer.resume()
