@@ -193,7 +193,7 @@ class ReliabilityLayer:
         under the per-message policy).
         """
         outcome = await self._process(raw_message, claim)
-        if self.consumer.commit_due():
+        if self.consumer.commit_due():  # checked here first: no coroutine per message
             await self.consumer.commit_if_due()
         return outcome
 
@@ -208,13 +208,14 @@ class ReliabilityLayer:
         value = raw_message.value or {}
         correlation_id = value.get("correlation_id")
         event_id = dedup_id(raw_message)
-        traceparent = raw_message.header(HEADER_TRACEPARENT)
+        header = raw_message.header(HEADER_TRACEPARENT)
+        traceparent = header.decode("ascii", "replace") if header else None
         with CorrelationContext.scope(
             self.service_name,
             self._operation,
             correlation_id=correlation_id if isinstance(correlation_id, str) else None,
             causation_id=raw_message.event_id,
-            traceparent=traceparent.decode("ascii", "replace") if traceparent else None,
+            traceparent=traceparent,
         ):
             claim = await self._resolve_claim(event_id, claim)
             if claim is not ClaimResult.DUPLICATE:
@@ -223,7 +224,7 @@ class ReliabilityLayer:
                     raw_message.topic,
                     raw_message.partition,
                     raw_message.offset,
-                    traceparent.decode("ascii", "replace") if traceparent else None,
+                    traceparent,
                 ):
                     return await self._run_handler(raw_message, value, event_id, claim)
             self.correlation_logger.debug("skipping duplicate event", event_id=event_id)
