@@ -262,6 +262,13 @@ class ServiceOrchestrator:
             self._status = "failed"
             raise
         self._status = "running"
+        logger.info(
+            "service %s running: %d flow(s), %d producer(s)%s",
+            self.service_name,
+            len(self.flows),
+            len(self.producers),
+            f", ops endpoint on port {self._ops_server.port}" if self._ops_server else "",
+        )
 
     async def stop(self) -> None:
         """Drain and stop everything in reverse order. Safe before start and twice."""
@@ -272,6 +279,7 @@ class ServiceOrchestrator:
         self._status = "stopping"
         await self.coordinator.stop()
         self._status = "stopped"
+        logger.info("service %s stopped", self.service_name)
 
     async def serve(self, until: Awaitable[Any] | None = None) -> int:
         """Start, run until SIGTERM/SIGINT (or ``until``), drain; returns the exit code."""
