@@ -246,9 +246,9 @@ class Settings(BaseSettings):
         return self
 
     def _overrides_of(self, service_name: str) -> dict[str, Any]:
-        wanted = {service_name, service_name.lower(), service_name.replace("-", "_").lower()}
+        wanted = _service_key(service_name)
         for name, overrides in self.services.items():
-            if name in wanted or name.lower() in wanted:
+            if _service_key(name) == wanted:
                 return overrides
         return {}
 
@@ -261,6 +261,10 @@ class Settings(BaseSettings):
         if not overrides:
             return self.reliability
         return ReliabilitySettings.model_validate(self.reliability.model_dump() | overrides)
+
+
+def _service_key(name: str) -> str:
+    return name.lower().replace("-", "_")
 
 
 def env_name(loc: tuple[int | str, ...]) -> str:

@@ -214,7 +214,7 @@ class TradingEngineService:
         self.orchestrator: ServiceOrchestrator = (
             StreamServiceBuilder(SERVICE_NAME, config, settings)
             .with_redis(redis_client)
-            .add_producer()
+            .add_producer(topics=self._produced_topics(settings))
             .add_consumer_handler(
                 [self.topics.signals_validated()],
                 f"{prefix}.{SERVICE_NAME}.signals",
@@ -233,6 +233,17 @@ class TradingEngineService:
         )
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _produced_topics(self, settings: Settings) -> list[str]:
+        """Rejections of this namespace, orders and executions of every routed one."""
+        namespaces = {settings.broker_namespace}
+        for targets in settings.trading.strategy_routes.values():
+            namespaces.update(targets)
+        topics = [self.topics.signals_rejected()]
+        for namespace in sorted(namespaces):
+            routed = TopicMap(namespace)
+            topics.extend([routed.orders(), routed.executions()])
+        return topics
 
     async def start(self) -> None:
         """Make the traders available, then start consuming."""

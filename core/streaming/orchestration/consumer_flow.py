@@ -79,6 +79,7 @@ class ConsumerFlow:
         if self._started:
             return
         self._stopping = False
+        self.layer.error_handler.allow_dead_letter_retries()
         await self.layer.start()
         await self.consumer.start()
         self._started = True
@@ -187,6 +188,7 @@ class ConsumerFlow:
         unfinished offset so the rest is fetched again.
         """
         await self.layer.release_claims(self.dispatcher.drop_queued())
+        await self.layer.release_claims(self.dispatcher.take_orphaned())
         await self.dispatcher.wait_idle(self.options.drain_timeout_s)
         await self.dispatcher.close()
         await self.layer.flush_done()
@@ -223,6 +225,7 @@ class ConsumerFlow:
             )
         await self.dispatcher.close()
         try:
+            await self.layer.release_claims(self.dispatcher.take_orphaned())
             await self.layer.flush_done()
         finally:
             try:

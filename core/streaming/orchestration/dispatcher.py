@@ -65,6 +65,7 @@ class _Lane:
                 raise
             except BaseException as exc:
                 dispatcher.crash(exc, message)
+                dispatcher.orphan(self)
                 raise
             finally:
                 self.current = None
@@ -94,6 +95,7 @@ class Dispatcher:
         self._idle.set()
         self._progress = asyncio.Event()
         self.crashed: BaseException | None = None
+        self.orphaned: list[tuple[ConsumedMessage, ClaimResult | None]] = []
 
     def _lane_key(self, message: ConsumedMessage) -> Hashable:
         if self.ordering == "partition":
@@ -129,6 +131,19 @@ class Dispatcher:
         if self.crashed is None:
             self.crashed = exc
         self._progress.set()
+
+    def orphan(self, lane: _Lane) -> None:
+        """Take the queue of a lane that died: its messages will not run here."""
+        for item in lane.queue:
+            self.in_flight -= 1
+            self.in_flight_bytes -= item[0].size
+        self.orphaned.extend(lane.queue)
+        lane.queue.clear()
+
+    def take_orphaned(self) -> list[tuple[ConsumedMessage, ClaimResult | None]]:
+        """Messages left queued on lanes that died (their claims need releasing)."""
+        orphaned, self.orphaned = self.orphaned, []
+        return orphaned
 
     async def wait_progress(self, timeout_s: float) -> None:
         """Wait until some message left a lane (or ``timeout_s``)."""

@@ -294,6 +294,10 @@ class ErrorHandler:
         """
         self._stop_retries.set()
 
+    def allow_dead_letter_retries(self) -> None:
+        """Undo :meth:`stop_dead_letter_retries` (when the flow starts again)."""
+        self._stop_retries = asyncio.Event()
+
     def health(self) -> dict[str, Any]:
         """State for a health report."""
         return {

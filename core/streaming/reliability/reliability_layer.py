@@ -280,7 +280,10 @@ class ReliabilityLayer:
     async def _handled(self, message: ConsumedMessage, event_id: str, claim: ClaimResult) -> None:
         if claim is ClaimResult.CLAIMED:
             self._pending_done.append((message, event_id))
-            if len(self._pending_done) >= self._done_flush_size:
+            if (
+                len(self._pending_done) >= self._done_flush_size
+                or self.consumer.commit_policy.per_message
+            ):
                 await self.flush_done()
         else:
             self._finish(message, MessageOutcome.HANDLED)
