@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Single-node KRaft Kafka broker for tests and local development.
 #
-#   scripts/kafka.sh start|stop|status
+#   scripts/kafka.sh start|stop|status|kill|resume
+#
+#   start   format a fresh data dir and start the broker; wait until it answers
+#   stop    stop the broker (TERM, then KILL after 30 s) and delete its data
+#   status  say whether the broker is running
+#   kill    SIGKILL the broker, keeping its data dir (for fault tests)
+#   resume  start the broker again on the same data dir and config, without
+#           formatting, and wait until it answers (after `kill`)
 #
 # Environment:
 #   KAFKA_PORT             client (PLAINTEXT) port, default 19092
@@ -9,10 +16,13 @@
 #   INFRA_DIR              state directory, default <repo>/.infra
 #                          (relative paths are taken from the repo root)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker, default 90
+#   KAFKA_LIBS_DIR         broker jar directory, default $INFRA_DIR/kafka/libs;
+#                          point it at another run's libs to reuse its jars
+#                          (relative paths are taken from the repo root)
 #
 # The broker jars come from Maven Central via scripts/kafka/pom.xml and are
-# cached in $INFRA_DIR/kafka/libs. Topic data lives in $INFRA_DIR/kafka/data
-# and is wiped on every start and stop.
+# cached in $KAFKA_LIBS_DIR. Topic data lives in $INFRA_DIR/kafka/data and is
+# wiped on every start and stop (not on kill and resume).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +38,11 @@ KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 
 POM="$ROOT/scripts/kafka/pom.xml"
 KDIR="$INFRA_DIR/kafka"
-LIBS="$KDIR/libs"
+LIBS="${KAFKA_LIBS_DIR:-$KDIR/libs}"
+case "$LIBS" in
+  /*) ;;
+  *) LIBS="$ROOT/$LIBS" ;;
+esac
 DATA="$KDIR/data"
 PIDFILE="$KDIR/kafka.pid"
 LOGFILE="$KDIR/kafka.log"
@@ -59,7 +73,7 @@ fetch_libs() {
   fi
   ensure_tools
   log "fetching Kafka jars from Maven Central into $LIBS"
-  local tmp="$KDIR/libs.tmp.$$"
+  local tmp="$LIBS.tmp.$$"
   rm -rf "$tmp"
   mkdir -p "$tmp"
   if ! mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
@@ -171,9 +185,8 @@ start() {
   : >"$LOGFILE"
   write_config
 
-  local cp="$LIBS/*"
-  local jvm=(java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
-    -Dlog4j2.configurationFile="$LOG4J" -cp "$cp")
+  local jvm=()
+  jvm_cmd
 
   # Format the KRaft metadata log with a fresh random cluster id.
   local cluster_id
@@ -192,6 +205,21 @@ while True:
     exit 1
   fi
 
+  launch "$began" stop
+}
+
+# The java command line of every broker tool, into the caller's `jvm` array.
+jvm_cmd() {
+  jvm=(java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$LOG4J" -cp "$LIBS/*")
+}
+
+# Run the broker in the background on $PROPS and wait until it answers.
+# $1: $SECONDS when the start began; $2: what to run if it never gets ready.
+launch() {
+  local began="$1" on_timeout="$2"
+  local jvm=()
+  jvm_cmd
   # setsid detaches the broker from the caller's process group; the inner
   # shell records its own PID and then becomes the java process.
   setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" \
@@ -214,7 +242,7 @@ while True:
     if [ $((SECONDS - began)) -ge "$KAFKA_START_TIMEOUT" ]; then
       tail -n 50 "$LOGFILE" >&2
       log "broker not ready after ${KAFKA_START_TIMEOUT}s (log: $LOGFILE)"
-      stop
+      "$on_timeout"
       exit 1
     fi
     sleep 1
@@ -245,6 +273,48 @@ stop() {
   rm -rf "$DATA"
 }
 
+# SIGKILL the broker (a crash, no clean shutdown); its data dir stays.
+kill_broker() {
+  if ! is_running; then
+    rm -f "$PIDFILE"
+    log "not running"
+    return 0
+  fi
+  local pid i
+  pid="$(cat "$PIDFILE")"
+  kill -KILL "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "broker (pid $pid) still alive after KILL"
+    exit 1
+  fi
+  rm -f "$PIDFILE"
+  log "killed broker (pid $pid); data kept in $DATA"
+}
+
+# Start the broker again on the data dir and config of an earlier start.
+resume() {
+  if is_running; then
+    log "already running (pid $(cat "$PIDFILE"))"
+    echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+    return 0
+  fi
+  if [ ! -f "$PROPS" ] || [ ! -f "$DATA/meta.properties" ]; then
+    log "nothing to resume in $KDIR (run start first)"
+    exit 1
+  fi
+  if [ ! -f "$LIBS/.stamp" ]; then
+    log "no broker jars in $LIBS (run start first)"
+    exit 1
+  fi
+  rm -f "$PIDFILE"
+  ensure_tools
+  launch "$SECONDS" kill_broker
+}
+
 status() {
   if is_running; then
     echo "running (pid $(cat "$PIDFILE")) on $BOOTSTRAP"
@@ -258,8 +328,10 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
+  kill) kill_broker ;;
+  resume) resume ;;
   *)
-    echo "usage: $0 start|stop|status" >&2
+    echo "usage: $0 start|stop|status|kill|resume" >&2
     exit 2
     ;;
 esac

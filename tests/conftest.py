@@ -8,7 +8,9 @@ The servers are started by ``bash scripts/test.sh``, which exports
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -160,4 +162,94 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
     try:
         yield server
     finally:
+        await server.run("stop")
+
+
+# --------------------------------------------------------------------------- private kafka
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shared_kafka_libs() -> Path | None:
+    """The jar directory of the main test broker, when its jars match the current pom.
+
+    ``scripts/test.sh`` exports ``INFRA_DIR`` (default ``.infra``, relative to the
+    repo root). A missing or stale directory is not reused: kafka.sh would re-fetch
+    into it, under the main broker's feet; it fetches into the private one instead.
+    """
+    infra = Path(os.environ.get("INFRA_DIR") or ".infra")
+    if not infra.is_absolute():
+        infra = _REPO_ROOT / infra
+    libs = infra / "kafka" / "libs"
+    try:
+        stamp = (libs / ".stamp").read_text().strip()
+        pom = (_REPO_ROOT / "scripts" / "kafka" / "pom.xml").read_bytes()
+    except OSError:
+        return None
+    return libs if stamp == hashlib.sha256(pom).hexdigest() else None
+
+
+class PrivateKafka:
+    """A single-node Kafka broker of this test alone, driven by ``scripts/kafka.sh``.
+
+    Killing the shared test broker would break tests running beside this one, so
+    the script runs with ports and a state directory of our own; it reuses the
+    main broker's jars when it can.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.script = str(_REPO_ROOT / "scripts" / "kafka.sh")
+        self.port = _free_port()
+        self.controller_port = _free_port()
+        while self.controller_port == self.port:
+            self.controller_port = _free_port()
+        self.state_dir = state_dir
+        self.env = {
+            **os.environ,
+            "INFRA_DIR": str(state_dir),
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+        }
+        self.env.pop("KAFKA_LIBS_DIR", None)
+        libs = _shared_kafka_libs()
+        if libs is not None:
+            self.env["KAFKA_LIBS_DIR"] = str(libs)
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's log file (kept across ``kill`` and ``resume``)."""
+        return self.state_dir / "kafka" / "kafka.log"
+
+    async def run(self, command: str, timeout_s: float = 150.0) -> None:
+        """Run ``kafka.sh <command>`` (start, stop, status, kill, resume); fail on error."""
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            self.script,
+            command,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError(f"kafka.sh {command} did not finish in {timeout_s} s") from None
+        assert proc.returncode == 0, f"kafka.sh {command} failed: {err.decode()}"
+
+
+@pytest.fixture
+async def private_kafka(tmp_path: Path) -> AsyncIterator[PrivateKafka]:
+    if not os.environ.get("TRADESTREAM_TEST_INFRA"):
+        pytest.skip(f"TRADESTREAM_TEST_INFRA is not set; {_RUN_HINT}")
+    if shutil.which("java") is None:
+        pytest.skip("java is not installed; a private Kafka broker needs it")
+    server = PrivateKafka(tmp_path / "infra")
+    try:
+        await server.run("start")
+        yield server
+    finally:
+        # Also after a failed start: the script may have left a broker running.
         await server.run("stop")

@@ -157,6 +157,7 @@ class ReliabilitySettings(BaseModel):
     max_in_flight: int = Field(default=1_000, ge=1)
     max_in_flight_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     drain_timeout_s: float = Field(default=30.0, gt=0)
+    stop_timeout_s: float = Field(default=10.0, gt=0)
     max_loop_restarts: int = Field(default=5, ge=0)
     exit_on_unhealthy: bool = False
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from core.config.settings import RedpandaSettings
 from core.streaming.clients import ConsumerClient, create_consumer
 from core.streaming.errors import ClientClosedError
+from core.streaming.infrastructure.closing import bounded_close
 from core.streaming.infrastructure.consumed_message import ConsumedMessage, decode_record
 from core.streaming.infrastructure.offset_tracker import CommitPolicy, PartitionOffsets
 from core.streaming.types import TopicPartition
@@ -39,6 +40,7 @@ class MessageConsumer:
         auto_offset_reset: str = "earliest",
         max_poll_records: int = 500,
         fetch_timeout_ms: int = 100,
+        commit_timeout_s: float = 10.0,
         client_factory: Callable[..., ConsumerClient] | None = None,
     ) -> None:
         self.config = config
@@ -48,6 +50,7 @@ class MessageConsumer:
         self.auto_offset_reset = auto_offset_reset
         self.max_poll_records = max_poll_records
         self.fetch_timeout_ms = fetch_timeout_ms
+        self.commit_timeout_s = commit_timeout_s
         self._client_factory = client_factory or create_consumer
         self._client: ConsumerClient | None = None
         self._running = False
@@ -102,14 +105,23 @@ class MessageConsumer:
             return
         self._running = False
         try:
-            await self.flush()
+            await asyncio.wait_for(self.flush(), self.commit_timeout_s)
+        except TimeoutError:
+            logger.error(
+                "final commit for group %s got no answer within %s s; the uncommitted "
+                "messages will be delivered again",
+                self.group_id,
+                self.commit_timeout_s,
+            )
         finally:
             client, self._client = self._client, None
             self._offsets.clear()
             self._stopped = True
             self._joined = False
             self._assigned_event.clear()
-            await client.stop()
+            await bounded_close(
+                client.stop(), self.commit_timeout_s, f"consumer of {self.group_id}"
+            )
             logger.info("consumer stopped topics=%s group=%s", self.topics, self.group_id)
 
     def set_revocation_hook(self, hook: RevocationHook | None) -> None:
@@ -204,7 +216,7 @@ class MessageConsumer:
         if not self.commit_due():
             return
         try:
-            await self.flush()
+            await asyncio.wait_for(self.flush(), self.commit_timeout_s)
         except Exception as exc:
             self.commit_failures += 1
             logger.warning(

@@ -24,6 +24,7 @@ from core.schemas.events import EventEnvelope, generate_uuid7, utc_now
 from core.streaming.clients import ProducerClient, create_producer
 from core.streaming.correlation import CorrelationContext
 from core.streaming.errors import ClientClosedError
+from core.streaming.infrastructure.closing import bounded_close
 from core.streaming.tracing import current_traceparent
 from core.streaming.types import Headers, RecordMetadata
 
@@ -71,11 +72,13 @@ class MessageProducer:
         service_name: str,
         *,
         max_request_size: int = 1_048_576,
+        stop_timeout_s: float = 10.0,
         client_factory: Callable[..., ProducerClient] | None = None,
     ) -> None:
         self.config = config
         self.service_name = service_name
         self.max_request_size = max_request_size
+        self.stop_timeout_s = stop_timeout_s
         self._client_factory = client_factory or create_producer
         self._client: ProducerClient | None = None
         self._running = False
@@ -111,9 +114,17 @@ class MessageProducer:
         self._running = False
         client, self._client = self._client, None
         try:
-            await client.flush()
+            await asyncio.wait_for(client.flush(), self.stop_timeout_s)
+        except TimeoutError:
+            logger.error(
+                "producer of %s: records still unacknowledged after %s s at stop",
+                self.service_name,
+                self.stop_timeout_s,
+            )
         finally:
-            await client.stop()
+            await bounded_close(
+                client.stop(), self.stop_timeout_s, f"producer of {self.service_name}"
+            )
 
     async def flush(self) -> None:
         """Wait until every enqueued record is acknowledged."""

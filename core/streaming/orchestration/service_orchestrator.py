@@ -27,6 +27,10 @@ from core.streaming.reliability.reliability_layer import ReliabilityLayer
 
 logger = logging.getLogger(__name__)
 
+# The fetch loop runs no handler: cancelling it after a short wait loses nothing
+# (what it fetched and did not hand out is fetched again).
+_LOOP_STOP_WAIT_S = 2.0
+
 
 class _FlowSupervisor:
     """Runs one flow's loop, restarting it after crashes."""
@@ -102,7 +106,7 @@ class _FlowSupervisor:
         if task is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(task), 10.0)
+            await asyncio.wait_for(asyncio.shield(task), _LOOP_STOP_WAIT_S)
         except TimeoutError:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

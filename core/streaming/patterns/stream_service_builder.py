@@ -195,12 +195,16 @@ class StreamServiceBuilder:
             orchestrator._ops_server = ops
         producer: MessageProducer | None = None
         if self._want_producer:
-            producer = MessageProducer(self.config, self.service_name)
+            producer = MessageProducer(
+                self.config, self.service_name, stop_timeout_s=rel.stop_timeout_s
+            )
             orchestrator.add_producer(producer)
         needs_dlq = any(self._dead_letters_on(spec, rel) for spec in self._flows)
         dlq_producer = producer
         if needs_dlq and dlq_producer is None and self._error_handler is None:
-            dlq_producer = MessageProducer(self.config, f"{self.service_name}-dlq")
+            dlq_producer = MessageProducer(
+                self.config, f"{self.service_name}-dlq", stop_timeout_s=rel.stop_timeout_s
+            )
             orchestrator.add_producer(dlq_producer, internal=True)
         topics: list[str] = []
         for spec in self._flows:
@@ -214,6 +218,7 @@ class StreamServiceBuilder:
                     every=flow_rel.commit_every, interval_ms=flow_rel.commit_interval_ms
                 ),
                 auto_offset_reset=spec.overrides.auto_offset_reset,
+                commit_timeout_s=flow_rel.stop_timeout_s,
             )
             error_handler = spec.overrides.error_handler or self._error_handler
             if error_handler is None:
