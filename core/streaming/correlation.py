@@ -14,7 +14,6 @@ import contextvars
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -22,15 +21,56 @@ import structlog
 from core.schemas.events import generate_uuid7
 
 
-@dataclass(frozen=True, slots=True)
 class TraceContext:
-    """What the current task is working on, and on behalf of which chain."""
+    """What the current task is working on, and on behalf of which chain.
 
-    correlation_id: str
-    causation_id: str | None
-    service: str
-    operation: str
-    traceparent: str | None = None
+    ``traceparent`` is the W3C trace context for work done here: it continues
+    ``parent_traceparent`` (the incoming record's) with a new span id, made on
+    first use only, so handling a message that produces nothing costs no ids.
+    """
+
+    __slots__ = (
+        "_traceparent",
+        "causation_id",
+        "correlation_id",
+        "operation",
+        "parent_traceparent",
+        "service",
+    )
+
+    def __init__(
+        self,
+        correlation_id: str,
+        causation_id: str | None,
+        service: str,
+        operation: str,
+        parent_traceparent: str | None = None,
+    ) -> None:
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.service = service
+        self.operation = operation
+        self.parent_traceparent = parent_traceparent
+        self._traceparent: str | None = None
+
+    @property
+    def traceparent(self) -> str:
+        """This work's ``traceparent`` (same trace as the parent, new span id)."""
+        if self._traceparent is None:
+            self._traceparent = new_traceparent(self.parent_traceparent)
+        return self._traceparent
+
+    def renamed(self, operation: str) -> TraceContext:
+        """The same context under another operation name."""
+        ctx = TraceContext(
+            self.correlation_id,
+            self.causation_id,
+            self.service,
+            operation,
+            self.parent_traceparent,
+        )
+        ctx._traceparent = self._traceparent
+        return ctx
 
 
 _current: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar(
@@ -48,6 +88,24 @@ def new_traceparent(parent: str | None = None) -> str:
     return f"00-{trace_id or secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
+class _Scope:
+    """Sets a context on enter and restores the previous one on exit."""
+
+    __slots__ = ("_ctx", "_token")
+
+    def __init__(self, ctx: TraceContext) -> None:
+        self._ctx = ctx
+        self._token: contextvars.Token[TraceContext | None] | None = None
+
+    def __enter__(self) -> TraceContext:
+        self._token = _current.set(self._ctx)
+        return self._ctx
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+
+
 class CorrelationContext:
     """Reads and sets the correlation context of the current task."""
 
@@ -55,7 +113,7 @@ class CorrelationContext:
     def start_new_trace(service: str, operation: str) -> str:
         """Begin a new chain in the current context; returns its correlation id."""
         correlation_id = generate_uuid7()
-        _current.set(TraceContext(correlation_id, None, service, operation, new_traceparent()))
+        _current.set(TraceContext(correlation_id, None, service, operation))
         return correlation_id
 
     @staticmethod
@@ -67,11 +125,7 @@ class CorrelationContext:
         traceparent: str | None = None,
     ) -> None:
         """Join an existing chain: work caused by event ``causation_id``."""
-        _current.set(
-            TraceContext(
-                correlation_id, causation_id, service, operation, new_traceparent(traceparent)
-            )
-        )
+        _current.set(TraceContext(correlation_id, causation_id, service, operation, traceparent))
 
     @staticmethod
     def current() -> TraceContext | None:
@@ -96,34 +150,35 @@ class CorrelationContext:
         _current.set(None)
 
     @staticmethod
-    @contextmanager
     def scope(
         service: str,
         operation: str,
         correlation_id: str | None = None,
         causation_id: str | None = None,
         traceparent: str | None = None,
-    ) -> Iterator[TraceContext]:
-        """Run a block in a context (a new chain if no correlation id); restore after."""
-        ctx = TraceContext(
-            correlation_id or generate_uuid7(),
-            causation_id,
-            service,
-            operation,
-            new_traceparent(traceparent),
+    ) -> _Scope:
+        """A ``with`` block in a context, restored after.
+
+        Without a correlation id the chain starts here: the id of the event that
+        caused the work (``causation_id``) becomes the correlation id, or a new
+        UUIDv7 when there is none.
+        """
+        return _Scope(
+            TraceContext(
+                correlation_id or causation_id or generate_uuid7(),
+                causation_id,
+                service,
+                operation,
+                traceparent,
+            )
         )
-        token = _current.set(ctx)
-        try:
-            yield ctx
-        finally:
-            _current.reset(token)
 
     @staticmethod
     @contextmanager
     def operation(name: str) -> Iterator[None]:
         """Rename the operation of the current context for a block."""
         ctx = _current.get()
-        token = _current.set(replace(ctx, operation=name) if ctx else None)
+        token = _current.set(ctx.renamed(name) if ctx else None)
         try:
             yield
         finally:

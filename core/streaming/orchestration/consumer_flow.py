@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,10 @@ class ConsumerFlow:
         """Claim a fetched batch with one dedup call and queue it on the lanes."""
         if not batch:
             return
+        if self.metrics is not None:
+            counts = Counter(message.topic for message in batch)
+            for topic, n in counts.items():
+                self.metrics.record_consumed(topic, n, consumer_group=self.consumer.group_id)
         claims = await self.layer.claim_batch(batch)
         for message in batch:
             # A batch claim belongs to the first copy of an id; later copies in the

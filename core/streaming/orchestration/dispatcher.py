@@ -99,7 +99,8 @@ class Dispatcher:
 
     def _lane_key(self, message: ConsumedMessage) -> Hashable:
         if self.ordering == "partition":
-            return message.topic_partition
+            record = message.record
+            return (record.topic, record.partition)
         if self.ordering == "key":
             if self.concurrency == 1:
                 return 0

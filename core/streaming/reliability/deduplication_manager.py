@@ -62,6 +62,14 @@ end
 return out
 """
 
+# KEYS: dedup keys. ARGV[1]: record lifetime in ms. Marks every key done.
+_DONE_SCRIPT = """
+for _, key in ipairs(KEYS) do
+  redis.call('SET', key, 'done', 'PX', ARGV[1])
+end
+return #KEYS
+"""
+
 # KEYS: dedup keys. ARGV[1]: our claim value. Deletes only keys still holding it.
 _RELEASE_SCRIPT = """
 local n = 0
@@ -139,6 +147,7 @@ class DeduplicationManager:
         self._local: OrderedDict[str, float] = OrderedDict()
         self._claim_script = redis_client.register_script(_CLAIM_SCRIPT)
         self._release_script = redis_client.register_script(_RELEASE_SCRIPT)
+        self._done_script = redis_client.register_script(_DONE_SCRIPT)
         self._peek_script = redis_client.register_script(_PEEK_SCRIPT)
         self._last_warning: float | None = None
         self._suppressed_warnings = 0
@@ -280,7 +289,7 @@ class DeduplicationManager:
         await self.mark_done_many((event_id,))
 
     async def mark_done_many(self, event_ids: Sequence[str]) -> None:
-        """Record a batch of ids as handled, pipelined in one round trip.
+        """Record a batch of ids as handled with one script call (one round trip).
 
         When Redis is unreachable the ids are still remembered in the local cache;
         then nothing else happens under ``fail_open``, and ``fail_closed`` raises
@@ -291,10 +300,7 @@ class DeduplicationManager:
         sent_at = self._clock()
         ttl_ms = self.ttl_seconds * 1000
         try:
-            pipe = self.redis_client.pipeline(transaction=False)
-            for event_id in event_ids:
-                pipe.set(self.key_for(event_id), DONE, px=ttl_ms)
-            await pipe.execute()
+            await self._done_script(keys=[self.key_for(e) for e in event_ids], args=[ttl_ms])
         except TRANSIENT_CLIENT_ERRORS as exc:
             # Cached first: under fail_open this worker still skips its own redeliveries.
             for event_id in event_ids:

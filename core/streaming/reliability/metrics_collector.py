@@ -78,7 +78,7 @@ class MetricsCollector:
         reg = self._registry
         self._consumed = Counter(
             PREFIX + "messages_consumed_total",
-            "Messages taken up for processing (redeliveries count again).",
+            "Messages fetched and handed to processing (redeliveries count again).",
             flow,
             registry=reg,
         )
@@ -205,6 +205,24 @@ class MetricsCollector:
         hist: Histogram = self._child(key, lambda: self._duration.labels(self.service_name, t, g))
         hist.observe(duration)
         self._flow_child(self._handled, t, g).inc()
+
+    def handled_recorder(
+        self, topic: str | None, consumer_group: str | None = None
+    ) -> Callable[[float], None]:
+        """``record_handled`` for one topic and group, with the label lookups done once."""
+        g = self._group(consumer_group)
+        t = topic or UNKNOWN_TOPIC
+        hist: Histogram = self._child(
+            (id(self._duration), t, g), lambda: self._duration.labels(self.service_name, t, g)
+        )
+        observe = hist.observe
+        inc = self._flow_child(self._handled, t, g).inc
+
+        def record(duration: float) -> None:
+            observe(duration)
+            inc()
+
+        return record
 
     def record_duplicate(self, topic: str, consumer_group: str | None = None) -> None:
         """Count one message skipped as a duplicate."""

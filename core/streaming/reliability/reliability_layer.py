@@ -36,7 +36,7 @@ from core.streaming.reliability.error_handler import (
     ProcessingOutcome,
 )
 from core.streaming.reliability.metrics_collector import MetricsCollector
-from core.streaming.tracing import handling_span
+from core.streaming.tracing import handling_span, tracing_active
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ class ReliabilityLayer:
         self.error_handler = error_handler
         self.correlation_logger = CorrelationLogger(service_name)
         self._group = consumer.group_id
+        self._tracing = tracing_active()
+        self._handled_recorders: dict[str, Callable[[float], None]] = {}
         self._operation = f"process_{'+'.join(consumer.topics)}"
         self._finish_callbacks: list[FinishCallback] = []
         self._pending_done: list[tuple[ConsumedMessage, str]] = []
@@ -122,6 +124,7 @@ class ReliabilityLayer:
 
     async def claim_batch(self, messages: Iterable[ConsumedMessage]) -> dict[str, ClaimResult]:
         """Claim every decodable message's id with one round trip; retries on fail_closed."""
+        self._tracing = tracing_active()
         if self.deduplicator is None:
             return {}
         ids = list(dict.fromkeys(dedup_id(m) for m in messages if m.is_decodable))
@@ -201,8 +204,6 @@ class ReliabilityLayer:
         self, raw_message: ConsumedMessage, claim: ClaimResult | None
     ) -> MessageOutcome:
         metrics = self.metrics_collector
-        if metrics is not None:
-            metrics.record_consumed(raw_message.topic, consumer_group=self._group)
         if not raw_message.is_decodable:
             return await self._dead_letter_undecodable(raw_message)
         value = raw_message.value or {}
@@ -219,6 +220,8 @@ class ReliabilityLayer:
         ):
             claim = await self._resolve_claim(event_id, claim)
             if claim is not ClaimResult.DUPLICATE:
+                if not self._tracing:
+                    return await self._run_handler(raw_message, value, event_id, claim)
                 with handling_span(
                     self.service_name,
                     raw_message.topic,
@@ -271,9 +274,11 @@ class ReliabilityLayer:
             )
             return await self._on_failure(message, value, event_id, claim, exc, started)
         if metrics is not None:
-            metrics.record_handled(
-                message.topic, time.monotonic() - started, consumer_group=self._group
-            )
+            recorder = self._handled_recorders.get(message.topic)
+            if recorder is None:
+                recorder = metrics.handled_recorder(message.topic, self._group)
+                self._handled_recorders[message.topic] = recorder
+            recorder(time.monotonic() - started)
         await self._handled(message, event_id, claim)
         return MessageOutcome.HANDLED
 
