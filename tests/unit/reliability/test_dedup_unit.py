@@ -298,3 +298,21 @@ def test_rejects_bad_configuration(client: Redis) -> None:
         manager(client, local_cache_size=-1)
     with pytest.raises(ValueError):
         manager(client, failure_policy="ignore")
+
+
+@pytest.mark.parametrize("odd", ["with\nnewline", "plain"])
+async def test_batch_paths_agree_whatever_the_ids(client: Redis, odd: str) -> None:
+    """Ids that cannot travel packed (a newline) take the per-key path with the same results."""
+    dedup = DeduplicationManager(client, "svc", consumer_group="g", local_cache_size=0)
+    ids = ["a", odd, "b"]
+    assert set((await dedup.claim_many(ids)).values()) == {ClaimResult.CLAIMED}
+    await dedup.mark_done_many(["a", odd])
+    again = await dedup.claim_many([*ids, "c"])
+    assert again == {
+        "a": ClaimResult.DUPLICATE,
+        odd: ClaimResult.DUPLICATE,
+        "b": ClaimResult.IN_PROGRESS,
+        "c": ClaimResult.CLAIMED,
+    }
+    assert await client.get(dedup.key_for(odd)) == b"done"
+    assert 0 < await client.pttl(dedup.key_for(odd)) <= dedup.ttl_seconds * 1000
