@@ -53,6 +53,7 @@ class RedpandaSettings(BaseModel):
     connect_timeout_s: float = Field(default=30.0, gt=0)
     topic_partitions: int = Field(default=3, gt=0)
     topic_replication_factor: int = Field(default=1, gt=0)
+    embedded_retention_records: int | None = Field(default=100_000, gt=0)
 
     @field_validator("security_protocol", "sasl_mechanism", mode="before")
     @classmethod

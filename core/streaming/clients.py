@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import fakeredis
 import redis.asyncio as redis_asyncio
@@ -54,6 +54,9 @@ from core.streaming.types import (
     TopicPartition,
     TopicSpec,
 )
+
+if TYPE_CHECKING:
+    from core.streaming.embedded import InMemoryBroker
 
 Redis = redis_asyncio.Redis
 
@@ -476,6 +479,17 @@ class KafkaAdminClient:
 # --------------------------------------------------------------------------- makers
 
 
+def _embedded_broker(config: RedpandaSettings) -> InMemoryBroker:
+    """The embedded broker ``config`` names, created with its partitions and retention."""
+    from core.streaming.embedded import get_broker
+
+    return get_broker(
+        config.bootstrap_servers,
+        default_partitions=config.topic_partitions,
+        retention_records=config.embedded_retention_records,
+    )
+
+
 def create_consumer(
     config: RedpandaSettings,
     topics: Sequence[str],
@@ -488,9 +502,7 @@ def create_consumer(
 ) -> ConsumerClient:
     """A consumer for ``topics`` in ``group_id``, on Kafka or the embedded broker."""
     if config.is_embedded:
-        from core.streaming.embedded import get_broker
-
-        return get_broker(config.bootstrap_servers).consumer(
+        return _embedded_broker(config).consumer(
             topics,
             group_id,
             listener=listener,
@@ -513,18 +525,14 @@ def create_producer(
 ) -> ProducerClient:
     """An idempotent, acks=all producer on Kafka or the embedded broker."""
     if config.is_embedded:
-        from core.streaming.embedded import get_broker
-
-        return get_broker(config.bootstrap_servers).producer(max_request_size=max_request_size)
+        return _embedded_broker(config).producer(max_request_size=max_request_size)
     return KafkaProducerClient(config, client_id=client_id, max_request_size=max_request_size)
 
 
 def create_admin(config: RedpandaSettings) -> AdminClient:
     """An admin client on Kafka or the embedded broker."""
     if config.is_embedded:
-        from core.streaming.embedded import get_broker
-
-        return get_broker(config.bootstrap_servers).admin()
+        return _embedded_broker(config).admin()
     return KafkaAdminClient(config)
 
 

@@ -75,3 +75,25 @@ def test_makers_build_embedded_clients_on_the_urls_broker() -> None:
         assert isinstance(create_admin(settings), InMemoryAdmin)
     finally:
         drop_broker(url)
+
+
+async def test_settings_choose_the_embedded_brokers_partitions_and_retention() -> None:
+    from uuid import uuid4
+
+    from core.config.settings import RedpandaSettings
+    from core.streaming.embedded import drop_broker, get_broker
+    from core.streaming.infrastructure.message_producer import MessageProducer
+
+    url = f"memory://retention-{uuid4().hex[:8]}"
+    config = RedpandaSettings(
+        bootstrap_servers=url, topic_partitions=1, embedded_retention_records=5
+    )
+    producer = MessageProducer(config, "t")
+    try:
+        await producer.send_many("kept", [(None, {"n": n}) for n in range(20)])
+        broker = get_broker(url)
+        assert broker.partition_count("kept") == 1
+        assert len(broker.records("kept")) == 5
+    finally:
+        await producer.stop()
+        drop_broker(url)

@@ -339,16 +339,17 @@ def broker_name(url: str) -> str:
     return url[len(MEMORY_SCHEME) :].strip().strip("/") or DEFAULT_BROKER_NAME
 
 
-def get_broker(url: str = MEMORY_SCHEME) -> InMemoryBroker:
-    """The process-wide broker for ``url``, created with defaults on first use.
+def get_broker(url: str = MEMORY_SCHEME, **options: Any) -> InMemoryBroker:
+    """The process-wide broker for ``url``, created on first use (with ``options``).
 
     Every client made from the same URL shares it, as clients of one Kafka cluster
-    share its data.
+    share its data. ``options`` are :class:`InMemoryBroker` arguments; they apply
+    only when this call creates the broker.
     """
     name = broker_name(url)
     broker = _brokers.get(name)
     if broker is None:
-        broker = _brokers[name] = InMemoryBroker()
+        broker = _brokers[name] = InMemoryBroker(**options)
     return broker
 
 
