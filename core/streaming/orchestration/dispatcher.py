@@ -65,6 +65,8 @@ class _Lane:
                 raise
             except BaseException as exc:
                 dispatcher.crash(exc, message)
+                # Its claim (if still ours) is released with the rest of the lane's.
+                dispatcher.orphaned.append((message, claim))
                 dispatcher.orphan(self)
                 raise
             finally:
