@@ -3,8 +3,9 @@
 Runs on whatever the settings select (by default the embedded broker and
 dedup store). Unless ``chaos`` is off, it also injects the trouble a real
 system sees, so the reliability path has something to show: a signal delivered
-twice (dedup skips the copy), signals the validator must refuse, and bytes that
-are not JSON at all (dead-lettered with their original bytes).
+twice (dedup skips the copy), signals the validator must refuse, bytes that are
+not JSON at all (dead-lettered with their original bytes), and a validator whose
+sends now and then fail like a network blip (retried, then handled).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from rich.console import Console, Group
@@ -159,6 +161,25 @@ def render(
     return Group(header, grid, pnl)
 
 
+class FlakyPublisher:
+    """Fails every ``every``-th send with a connection error, like a brief network blip.
+
+    The handler that sent fails with a retryable error, the reliability layer
+    retries it, and the retry succeeds: the demo's "retries" row.
+    """
+
+    def __init__(self, inner: MessageProducer, every: int = 15) -> None:
+        self._inner = inner
+        self._every = every
+        self._sends = 0
+
+    async def send(self, *args: Any, **kwargs: Any) -> str:
+        self._sends += 1
+        if self._sends % self._every == 0:
+            raise ConnectionError("injected by the demo: downstream briefly unreachable")
+        return await self._inner.send(*args, **kwargs)
+
+
 async def chaos_monkey(pipeline: Pipeline, settings: Settings, stop: asyncio.Event) -> None:
     """Every second or so, publish a duplicate delivery, an invalid signal or garbage."""
     producer = MessageProducer(settings.redpanda, "demo-chaos")
@@ -232,11 +253,14 @@ async def run_demo(
         asyncio.create_task(s.orchestrator.coordinator.wait_stop_requested())
         for s in pipeline.services
     )
-    monkey = asyncio.create_task(chaos_monkey(pipeline, settings, stop)) if chaos else None
+    monkey = None
+    if chaos:
+        monkey = asyncio.create_task(chaos_monkey(pipeline, settings, stop))
+        pipeline.validator.publisher = FlakyPublisher(pipeline.validator.publisher)  # type: ignore[assignment]
     window = RateWindow()
     try:
         if live:
-            with Live(console=console, refresh_per_second=4, transient=False) as view:
+            with Live(console=console, refresh_per_second=4, transient=True) as view:
                 while not any(t.done() for t in tasks):
                     counts = pipeline.counts()
                     view.update(

@@ -48,6 +48,7 @@ def test_demo_runs_every_stage_and_exits_zero() -> None:
         "orders placed",
         "orders filled",
         "duplicates skipped",
+        "retries",
         "dead letters",
     ):
         match = re.search(rf"{label}\s*│\s*([\d,]+)", out)
