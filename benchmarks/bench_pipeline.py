@@ -51,11 +51,16 @@ Two other modes, for finding where the time goes:
   in ``benchmarks/results/pipeline-profile-<date>/``;
 * ``--micro`` -- no broker: the per-message CPU of each step of the reliability path in
   isolation (best of ``--micro-rounds``, GC off), and the cost per id of the dedup calls
-  against the real Redis for batches of 50, 200 and 500 ids (claims, done marks as
-  written today, and done marks as one script call); ``results/pipeline-micro-<date>.json``.
+  against the real Redis for batches of 50, 200 and 500 ids (claims and done marks as
+  ``DeduplicationManager`` makes them, ids packed in one argument, and done marks as one
+  script call with one key per id); ``results/pipeline-micro-<date>.json``.
+
+``--gc-freeze`` calls ``gc.collect(); gc.freeze()`` once after the preload, before the
+timed variants, as ``tradestream run`` does once its services have started.
 
     source /tmp/dev-infra/env
     .venv/bin/python benchmarks/bench_pipeline.py
+    .venv/bin/python benchmarks/bench_pipeline.py --gc-freeze
     .venv/bin/python benchmarks/bench_pipeline.py --profile full,no-dedup
     .venv/bin/python benchmarks/bench_pipeline.py --micro
 """
@@ -600,8 +605,9 @@ async def run_baseline(args: argparse.Namespace, topic: str, count: int) -> Run:
 
 # --------------------------------------------------------------------------- micro
 
-# The done marks of a batch as one script call (one command to pack, one reply to parse)
-# instead of a pipeline of SETs: what ``--micro`` compares with ``mark_done_many``.
+# The done marks of a batch as one script call with one KEYS entry per id (the form
+# ``DeduplicationManager`` falls back to for ids it cannot pack): what ``--micro``
+# compares with ``mark_done_many``'s packed script (ids in one argument).
 DONE_SCRIPT = """
 for _, key in ipairs(KEYS) do
   redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
@@ -677,6 +683,15 @@ def micro_cpu(count: int, rounds: int) -> list[tuple[str, float]]:
             collector.record_consumed(m.topic, consumer_group="g")
             collector.record_handled(m.topic, 0.0001, consumer_group="g")
 
+    def metrics_now() -> None:
+        # What the path does today: one record_consumed per batch, and the handled
+        # recorder the layer resolves once per topic, called per message.
+        record = collector.handled_recorder(TOPIC, "g")
+        for start in range(0, count, 500):
+            collector.record_consumed(TOPIC, len(messages[start : start + 500]), "g")
+            for _ in messages[start : start + 500]:
+                record(0.0001)
+
     async def handler(event: dict[str, Any]) -> None:
         return None
 
@@ -719,6 +734,7 @@ def micro_cpu(count: int, rounds: int) -> list[tuple[str, float]]:
         ("CorrelationContext.scope, known chain + traceparent", scopes("c", known_parent)),
         ("handling_span, no OpenTelemetry SDK", spans),
         ("metrics: record_consumed + record_handled", metrics),
+        ("metrics as the layer does now (per batch + recorder)", metrics_now),
         ("process_message, dedup off, metrics on", process_all(True)),
         ("process_message, dedup off, metrics off", process_all(False)),
         ("Dispatcher, partition lanes, trivial process", dispatch_all(False)),
@@ -735,7 +751,8 @@ def micro_cpu(count: int, rounds: int) -> list[tuple[str, float]]:
 
 
 async def micro_redis(redis_url: str, ids_per_case: int) -> list[dict[str, Any]]:
-    """Dedup round trips per batch size: claims, done marks as today, done marks scripted."""
+    """Dedup round trips per batch size: claims and done marks as ``DeduplicationManager``
+    makes them (packed scripts), and done marks as one script call with one key per id."""
     client = create_redis(RedisSettings(url=SecretStr(redis_url)))
     name = unique_name("bench-pipeline-micro")
     dedup = DeduplicationManager(client, name, 3600, consumer_group="g", local_cache_size=0)
@@ -746,9 +763,9 @@ async def micro_redis(redis_url: str, ids_per_case: int) -> list[dict[str, Any]]
         await done_script(keys=[dedup.key_for(e) for e in ids], args=["done", ttl_ms])
 
     cases: dict[str, Callable[[list[str]], Awaitable[Any]]] = {
-        "claim_many (Lua SET NX PX per key)": dedup.claim_many,
-        "mark_done_many (pipeline of SET PX)": dedup.mark_done_many,
-        "done marks as one script call": scripted_done,
+        "claim_many (packed script)": dedup.claim_many,
+        "mark_done_many (packed script)": dedup.mark_done_many,
+        "done marks, script with one key per id": scripted_done,
     }
     rows: list[dict[str, Any]] = []
     try:
@@ -867,6 +884,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-topic", action="store_true", help="do not delete the topics")
     parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.collect() + gc.freeze() once after the preload, before the timed variants "
+        "(what `tradestream run` does after its services start); applies to every variant",
+    )
+    parser.add_argument(
         "--micro",
         action="store_true",
         help="instead of the benchmark: per-message CPU of each step of the reliability path "
@@ -977,6 +1000,10 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             f"preloaded {args.messages:,} messages (~{production['value_bytes']} B values) "
             f"in {production['seconds']:.1f} s (not measured)"
         )
+        if args.gc_freeze:
+            gc.collect()
+            gc.freeze()
+            print(f"gc.freeze(): {gc.get_freeze_count():,} objects moved out of the collector")
         for rep in range(1, args.repeat + 1):
             for variant in args.variants:  # interleaved: drift on the shared box hits all alike
                 gc.collect()  # garbage of the previous run is not this run's cost
@@ -1022,6 +1049,11 @@ async def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "production": production,
         "machine": machine | {"loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "timed": "from partition assignment to the last message final and its offset committed",
+        "gc": {
+            "threshold": list(gc.get_threshold()),
+            "frozen": args.gc_freeze,
+            "frozen_objects": gc.get_freeze_count(),
+        },
         "target": {"variant": "full", "min_ratio_to_raw": TARGET_RATIO},
         "variants": [
             {
