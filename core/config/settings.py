@@ -49,6 +49,7 @@ class RedpandaSettings(BaseModel):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     request_timeout_ms: int = Field(default=30_000, gt=0)
+    fetch_max_wait_ms: int = Field(default=50, ge=0)
     compression_type: CompressionType = "none"
     connect_timeout_s: float = Field(default=30.0, gt=0)
     topic_partitions: int = Field(default=3, gt=0)

@@ -219,6 +219,9 @@ class KafkaConsumerClient:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             request_timeout_ms=config.request_timeout_ms,
+            # aiokafka fetches from one broker at a time: a long wait on a caught-up
+            # partition holds up partitions that have data.
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
             **_security_kwargs(config),
         )
         self._started = False
