@@ -19,7 +19,7 @@ class ConsumedMessage:
     cost of consuming low.
     """
 
-    __slots__ = ("decode_error", "generation", "record", "value")
+    __slots__ = ("claimed_at", "decode_error", "generation", "record", "value")
 
     def __init__(
         self,
@@ -32,6 +32,7 @@ class ConsumedMessage:
         self.value = value
         self.decode_error = decode_error
         self.generation = generation
+        self.claimed_at = 0.0  # monotonic time of a batch dedup claim, if one was made
 
     @classmethod
     def of(

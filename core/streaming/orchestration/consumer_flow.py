@@ -109,7 +109,9 @@ class ConsumerFlow:
             for topic, n in counts.items():
                 self.metrics.record_consumed(topic, n, consumer_group=self.consumer.group_id)
         claims = await self.layer.claim_batch(batch)
+        claimed_at = time.monotonic()
         for message in batch:
+            message.claimed_at = claimed_at
             # A batch claim belongs to the first copy of an id; later copies in the
             # same batch claim again when their turn comes.
             claim = claims.pop(dedup_id(message), None) if message.is_decodable else None

@@ -115,6 +115,15 @@ end
 return n
 """
 
+# KEYS[1]: one dedup key. ARGV[1]: our claim value, ARGV[2]: claim ms.
+# Extends the claim if it is still ours: 1, else 0.
+_REFRESH_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
 # KEYS[1]: one dedup key. Returns {value or false, remaining ms}.
 _PEEK_SCRIPT = """
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
@@ -185,6 +194,7 @@ class DeduplicationManager:
         self._packed_claim_script = redis_client.register_script(_PACKED_CLAIM_SCRIPT)
         self._packed_done_script = redis_client.register_script(_PACKED_DONE_SCRIPT)
         self._peek_script = redis_client.register_script(_PEEK_SCRIPT)
+        self._refresh_script = redis_client.register_script(_REFRESH_SCRIPT)
         self._last_warning: float | None = None
         self._suppressed_warnings = 0
         self.unavailable_count = 0
@@ -374,6 +384,22 @@ class DeduplicationManager:
             return
         for event_id in event_ids:
             self._cache_add(event_id, sent_at + self.ttl_seconds)
+
+    async def refresh(self, event_id: str) -> bool:
+        """Renew our claim on ``event_id`` for another ``processing_ttl_ms``.
+
+        False when the claim is no longer ours (it expired, and perhaps another
+        worker holds it now): the caller must claim again before running the
+        handler. Under ``fail_open`` an unreachable Redis counts as renewed.
+        """
+        try:
+            renewed = await self._refresh_script(
+                keys=[self.key_for(event_id)], args=[self._claim_value, self.processing_ttl_ms]
+            )
+        except TRANSIENT_CLIENT_ERRORS as exc:
+            self._unavailable("refresh", exc, 1)
+            return True
+        return bool(renewed)
 
     async def release(self, event_id: str) -> None:
         """Drop our unfinished claim on ``event_id`` so a retry or redelivery can run it."""

@@ -218,7 +218,7 @@ class ReliabilityLayer:
             causation_id=raw_message.event_id,
             traceparent=traceparent,
         ):
-            claim = await self._resolve_claim(event_id, claim)
+            claim = await self._resolve_claim(event_id, claim, raw_message.claimed_at)
             if claim is not ClaimResult.DUPLICATE:
                 if not self._tracing:
                     return await self._run_handler(raw_message, value, event_id, claim)
@@ -236,10 +236,20 @@ class ReliabilityLayer:
             self._finish(raw_message, MessageOutcome.DUPLICATE)
             return MessageOutcome.DUPLICATE
 
-    async def _resolve_claim(self, event_id: str, claim: ClaimResult | None) -> ClaimResult:
+    async def _resolve_claim(
+        self, event_id: str, claim: ClaimResult | None, claimed_at: float = 0.0
+    ) -> ClaimResult:
         if self.deduplicator is None:
             return ClaimResult.BYPASSED
         dedup = self.deduplicator
+        if (
+            claim is ClaimResult.CLAIMED
+            and time.monotonic() - claimed_at > dedup.processing_ttl_ms / 2000
+            and not await self._with_dedup_retry(lambda: dedup.refresh(event_id))
+        ):
+            # The batch claim waited in the lane long enough to expire: claim again,
+            # so a worker that took it meanwhile is not run twice.
+            claim = None
         if claim is None:
             claim = await self._with_dedup_retry(lambda: dedup.claim(event_id))
         backoff = _CLAIM_RETRY_INITIAL_S
