@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
@@ -29,6 +30,7 @@ from core.config.settings import Settings
 from core.schemas.events import EventType, SignalAction, TradingSignal
 from core.schemas.topics import TopicMap
 from core.streaming.infrastructure.message_producer import MessageProducer
+from core.streaming.orchestration.ops_server import OpsServer
 from services.cli.runner import install_stop_signals, start_all, stop_all
 from services.market_data.service import MarketDataFeedService
 from services.registry import RunnableService, build_pipeline
@@ -55,13 +57,42 @@ RELIABILITY = (
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """The demo's settings: market open around the clock, and one strategy on two namespaces."""
+    """The demo's settings: market open around the clock, and one strategy on two namespaces.
+
+    The services run without ops endpoints of their own: four in one process would
+    all want the same port. :func:`pipeline_ops_server` serves the whole pipeline.
+    """
     trading = settings.trading
     update: dict[str, object] = {"market_always_open": True}
     if not trading.strategy_routes:
         ns = settings.broker_namespace
         update["strategy_routes"] = {"momentum": [ns, f"{ns}-shadow"]}
-    return settings.model_copy(update={"trading": trading.model_copy(update=update)})
+    return settings.model_copy(
+        update={
+            "trading": trading.model_copy(update=update),
+            "observability": settings.observability.model_copy(update={"http_enabled": False}),
+        }
+    )
+
+
+def pipeline_ops_server(settings: Settings, services: list[RunnableService]) -> OpsServer:
+    """One /health and /metrics endpoint for every service of the pipeline."""
+    orchestrators = [s.orchestrator for s in services]
+
+    async def health() -> dict[str, Any]:
+        reports = [await o.health() for o in orchestrators]
+        return {
+            "status": "running" if all(r["ready"] for r in reports) else "starting",
+            "live": all(r["live"] for r in reports),
+            "ready": all(r["ready"] for r in reports),
+            "services": {r["service"]: r for r in reports},
+        }
+
+    def registries() -> list[CollectorRegistry]:
+        return [r for o in orchestrators for r in o.registries()]
+
+    obs = settings.observability
+    return OpsServer(health, registries, host=obs.http_host, port=obs.http_port)
 
 
 @dataclass
@@ -230,21 +261,17 @@ async def chaos_monkey(pipeline: Pipeline, settings: Settings, stop: asyncio.Eve
         await producer.stop()
 
 
-async def run_demo(
+async def _run_started(
+    pipeline: Pipeline,
     settings: Settings,
-    *,
+    stop: asyncio.Event,
+    ops: OpsServer | None,
     duration_s: float,
-    tick_rate: float,
     live: bool,
     chaos: bool,
     console: Console,
-) -> int:
-    """Run the pipeline for ``duration_s`` (0: until a signal); returns the exit code."""
-    settings = demo_settings(settings)
-    pipeline = Pipeline.build(settings, tick_rate)
-    stop = asyncio.Event()
-    installed = install_stop_signals(stop)
-    await start_all(pipeline.services)
+) -> float:
+    """Run the started pipeline until the end, then stop it; returns when it started."""
     started = time.monotonic()
     tasks: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
     if duration_s > 0:
@@ -256,22 +283,18 @@ async def run_demo(
     monkey = None
     if chaos:
         monkey = asyncio.create_task(chaos_monkey(pipeline, settings, stop))
-        pipeline.validator.publisher = FlakyPublisher(pipeline.validator.publisher)  # type: ignore[assignment]
+        flaky = FlakyPublisher(pipeline.validator.publisher)
+        pipeline.validator.publisher = flaky  # type: ignore[assignment]
     window = RateWindow()
     try:
+        if ops is not None:
+            await ops.start()
         if live:
             with Live(console=console, refresh_per_second=4, transient=True) as view:
                 while not any(t.done() for t in tasks):
                     counts = pipeline.counts()
-                    view.update(
-                        render(
-                            pipeline,
-                            counts,
-                            window.add(counts),
-                            time.monotonic() - started,
-                            settings,
-                        )
-                    )
+                    elapsed = time.monotonic() - started
+                    view.update(render(pipeline, counts, window.add(counts), elapsed, settings))
                     await asyncio.wait(tasks, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
         else:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -281,7 +304,34 @@ async def run_demo(
             await asyncio.gather(monkey, return_exceptions=True)
         for task in tasks:
             task.cancel()
+        if ops is not None:
+            await ops.stop()
         await stop_all(pipeline.services)
+    return started
+
+
+async def run_demo(
+    settings: Settings,
+    *,
+    duration_s: float,
+    tick_rate: float,
+    live: bool,
+    chaos: bool,
+    console: Console,
+) -> int:
+    """Run the pipeline for ``duration_s`` (0: until a signal); returns the exit code."""
+    ops_wanted = settings.observability.http_enabled
+    settings = demo_settings(settings)
+    pipeline = Pipeline.build(settings, tick_rate)
+    ops = pipeline_ops_server(settings, pipeline.services) if ops_wanted else None
+    stop = asyncio.Event()
+    installed = install_stop_signals(stop)
+    try:
+        await start_all(pipeline.services)
+        started = await _run_started(
+            pipeline, settings, stop, ops, duration_s, live, chaos, console
+        )
+    finally:
         loop = asyncio.get_running_loop()
         for sig in installed:
             loop.remove_signal_handler(sig)

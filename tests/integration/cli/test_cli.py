@@ -156,3 +156,64 @@ async def test_dlq_list_show_dry_run_and_replay_of_a_fixed_message(
         await wait_until(lambda: sorted(handled) == [0, 1, 2, 3], 30, "the replayed message")
     finally:
         await service.stop()
+
+
+async def test_demo_serves_one_ops_endpoint_for_the_whole_pipeline() -> None:
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = _env(
+        TRADESTREAM_OBSERVABILITY__HTTP_ENABLED="true",
+        TRADESTREAM_OBSERVABILITY__HTTP_PORT=str(port),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        "demo",
+        "--duration",
+        "8",
+        "--no-live",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    ready: dict[str, Any] = {}
+    metrics = ""
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/health/ready") as response:
+                        if response.status == 200:
+                            ready = await response.json()
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                metrics = await response.text()
+    finally:
+        code = await asyncio.wait_for(proc.wait(), 60)
+    assert code == 0
+    assert set(ready["services"]) == {
+        "market_data",
+        "strategy_runner",
+        "signal_validator",
+        "trading_engine",
+    }
+    from prometheus_client.parser import text_string_to_metric_families
+
+    handled: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "tradestream_messages_handled":
+            for sample in family.samples:
+                service = sample.labels["service"]
+                handled[service] = handled.get(service, 0.0) + sample.value
+    assert handled.keys() == {"strategy_runner", "signal_validator", "trading_engine"}
+    assert all(count > 0 for count in handled.values()), handled
