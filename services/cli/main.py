@@ -22,7 +22,7 @@ from core.streaming.dead_letters import (
     replay_dead_letters,
     select_dead_letters,
 )
-from core.streaming.errors import BrokerUnavailableError
+from core.streaming.errors import ConnectionSetupError
 from core.streaming.infrastructure.connection_manager import ConnectionManager
 from core.streaming.logging_setup import configure_logging
 from services.cli.runner import StartupFailedError, run_until_stopped
@@ -162,7 +162,7 @@ def topics_ensure(
 
     try:
         created = asyncio.run(ensure())
-    except BrokerUnavailableError as exc:
+    except ConnectionSetupError as exc:
         raise _fail(str(exc)) from None
     table = Table("topic", "state", title=f"topics on {settings.redpanda.bootstrap_servers}")
     for name in names:
@@ -175,9 +175,18 @@ def topics_ensure(
 
 def _load_dead_letters(topic: str) -> list[DeadLetterRecord]:
     settings = _settings()
+
+    async def load() -> list[DeadLetterRecord]:
+        # Connect once through the connection manager first: a wrong password or
+        # certificate then fails at once with its cause, not as a traceback.
+        manager = ConnectionManager(settings, use_redis=False)
+        await manager.start()
+        await manager.stop()
+        return await read_dead_letters(settings.redpanda, topic)
+
     try:
-        return asyncio.run(read_dead_letters(settings.redpanda, topic))
-    except BrokerUnavailableError as exc:
+        return asyncio.run(load())
+    except ConnectionSetupError as exc:
         raise _fail(str(exc)) from None
 
 
