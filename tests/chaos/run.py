@@ -121,6 +121,7 @@ async def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     began = time.monotonic()
+    load_before = os.getloadavg()[0]
     infra = Infra(
         args.bootstrap,
         args.redis_url,
@@ -165,7 +166,11 @@ async def main(argv: list[str]) -> int:
     if skipped:
         markdown += "\n\nNot run: " + ", ".join(skipped) + "."
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    markdown += f"\n\nMeasured {stamp} in {time.monotonic() - began:.0f} s."
+    markdown += (
+        f"\n\nMeasured {stamp} in {time.monotonic() - began:.0f} s, offered {args.rate:g} msg/s; "
+        f"1-minute load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at "
+        f"the end ({os.cpu_count()} cores)."
+    )
     print(markdown)
     if args.write_docs:
         write_docs(markdown)

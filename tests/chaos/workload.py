@@ -18,7 +18,10 @@ the system-wide CLOCK_MONOTONIC on Linux, comparable with the feeder's.
 
 Environment: ``CHAOS_RUN_DIR`` (logs), ``CHAOS_INPUT``, ``CHAOS_OUTPUT``,
 ``CHAOS_GROUP``, ``CHAOS_HANDLER_MS`` (default 5), ``CHAOS_DEDUP`` (``0``
-turns dedup off).
+turns dedup off), ``CHAOS_EFFECTS`` (``0``: no side-effect log; an empty
+``CHAOS_OUTPUT``: no output event; both for throughput runs). A
+``redis+cluster://`` Redis URL puts dedup on the Redis Cluster
+(``ClusterDedupStore``).
 """
 
 from __future__ import annotations
@@ -53,35 +56,53 @@ class SideEffectLog:
         os.close(self._fd)
 
 
+def _no_log(kind: str, event_id: str) -> None:
+    return None
+
+
 def build(name: str) -> tuple[ServiceOrchestrator, SideEffectLog]:
     """The counting service of one instance, and its side-effect log."""
     settings = load_settings()
     run_dir = os.environ["CHAOS_RUN_DIR"]
     source = os.environ["CHAOS_INPUT"]
-    sink = os.environ["CHAOS_OUTPUT"]
+    sink = os.environ.get("CHAOS_OUTPUT", "")
     group = os.environ["CHAOS_GROUP"]
     work_s = float(os.environ.get("CHAOS_HANDLER_MS", "5")) / 1000
     effects = SideEffectLog(os.path.join(run_dir, f"effects-{name}-{os.getpid()}.log"))
+    log = effects.write if os.environ.get("CHAOS_EFFECTS", "1") == "1" else _no_log
     service: ServiceOrchestrator
 
     async def count(event: dict[str, Any]) -> None:
         event_id = str(event["id"])
-        effects.write("S", event_id)
+        log("S", event_id)
         data = event.get("data") or {}
         if data.get("poison"):
             raise PermanentError(f"poison event {data.get('n')}")
-        await asyncio.sleep(work_s)
-        await service.producer.send(sink, str(data.get("n")), {"src": event_id}, "chaos.counted")
-        effects.write("E", event_id)
+        if work_s:
+            await asyncio.sleep(work_s)
+        if sink:
+            await service.producer.send(
+                sink, str(data.get("n")), {"src": event_id}, "chaos.counted"
+            )
+        log("E", event_id)
 
-    builder = (
-        StreamServiceBuilder(SERVICE, settings.redpanda, settings)
-        .add_producer(topics=[sink])
-        .add_consumer_handler([source], group, count)
+    builder = StreamServiceBuilder(SERVICE, settings.redpanda, settings).add_consumer_handler(
+        [source], group, count
     )
+    if sink:
+        builder.add_producer(topics=[sink])
+    cluster = None
     if os.environ.get("CHAOS_DEDUP", "1") == "1":
-        builder.with_redis()
+        if settings.redis.is_cluster:
+            from core.streaming.reliability.cluster_dedup_store import cluster_client
+
+            cluster = cluster_client(settings.redis)
+        builder.with_redis(cluster)  # type: ignore[arg-type]
     service = builder.build()
+    if cluster is not None:
+        from tests.cluster.cluster_dedup import use_cluster_dedup
+
+        use_cluster_dedup(service, cluster)
     return service, effects
 
 
