@@ -27,8 +27,8 @@ DOC = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- chaos-table:begin -->", "<!-- chaos-table:end -->"
 
 HEADER = (
-    "| scenario | load held (msg/s) | faults injected | inputs (poison) | lost "
-    "| duplicated side effects | re-executions (bound) | recovery (s) "
+    "| scenario | load (msg/s): fed / handled | faults injected | inputs (poison) | lost "
+    "| duplicated side effects | re-executions (bound) | recovery s (latency p50) "
     "| committed = end | skipped offsets | poison in DLQ with provenance |"
 )
 RULE = "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"
@@ -40,17 +40,17 @@ def row(result: Result, offered: float) -> str:
     for label in result.faults:
         faults[label] = faults.get(label, 0) + 1
     injected = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in faults.items()) or "none"
-    recovery = max(v.recovery_s.values(), default=0.0)
+    recovery = f"{max(v.recovery_s.values()):.1f}" if v.recovery_s else "-"
     poison_ok = (
         "yes"
         if not v.bad_provenance and not v.lost_poison
         else f"no ({len(v.lost_poison)} missing, {len(v.bad_provenance)} bad)"
     )
     return (
-        f"| {result.scenario.label} | {result.stats.rate:.0f} of {offered:.0f} | {injected} "
+        f"| {result.scenario.label} | {result.stats.rate:.0f} / {v.handled_rate:.0f} | {injected} "
         f"| {v.inputs} ({v.poison}) | {len(v.lost)} | {v.duplicated_effects} "
         f"| {v.reexecutions} ({v.reexecution_bound}) | "
-        f"{recovery:.1f} (p50 {v.latency_p50_s * 1000:.0f} ms) | "
+        f"{recovery} (p50 {v.latency_p50_s * 1000:.0f} ms) | "
         f"{'yes' if not v.uncommitted else 'no'} | {len(v.skipped)} | {poison_ok} |"
     )
 

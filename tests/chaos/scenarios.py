@@ -36,6 +36,8 @@ class RunConfig:
     partitions: int = 6
     handler_ms: float = 5.0
     max_in_flight: int = 100
+    ordering: str = "key"
+    concurrency: int = 8
     poison_every: int = 100
     drain_timeout_s: float = 120.0
     base_dir: Path = Path(".infra/chaos")
@@ -124,6 +126,8 @@ def worker_env(
         TRADESTREAM_REDIS__URL=infra.redis_url,
         TRADESTREAM_RELIABILITY__DEDUP_FAILURE_POLICY=scenario.policy,
         TRADESTREAM_RELIABILITY__MAX_IN_FLIGHT=str(cfg.max_in_flight),
+        TRADESTREAM_RELIABILITY__ORDERING=cfg.ordering,
+        TRADESTREAM_RELIABILITY__DEFAULT_CONCURRENCY=str(cfg.concurrency),
         CHAOS_RUN_DIR=str(run_dir),
         CHAOS_INPUT=names["input"],
         CHAOS_OUTPUT=names["output"],

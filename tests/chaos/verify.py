@@ -88,6 +88,7 @@ class Verdict:
     unexpected_dead_letters: int
     latency_p50_s: float
     recovery_s: dict[str, float]
+    handled_rate: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -194,7 +195,17 @@ def judge(history: History, max_in_flight: int) -> Verdict:
         unexpected_dead_letters=unexpected,
         latency_p50_s=statistics.median(latencies.values()) if latencies else 0.0,
         recovery_s=recovery(regular, latencies, history.faults),
+        handled_rate=_handled_rate(regular, first_effect),
     )
+
+
+def _handled_rate(regular: list[InputRecord], first_effect: dict[str, float]) -> float:
+    """Inputs handled per second, from the first input produced to the last one handled."""
+    done = [first_effect[r.event_id] for r in regular if r.event_id in first_effect]
+    if not done or not regular:
+        return 0.0
+    span = max(done) - min(r.produced_at for r in regular)
+    return len(done) / span if span > 0 else 0.0
 
 
 def recovery(
