@@ -153,13 +153,15 @@ class ReliabilitySettings(BaseModel):
     dead_letter_suffix: str = ".dlq"
     metrics_enabled: bool = True
     commit_interval_ms: int = Field(default=1_000, gt=0)
-    commit_every: int = Field(default=500, gt=0)
+    commit_every: int = Field(default=10_000, gt=0)
     ordering: OrderingMode = "partition"
     default_concurrency: int = Field(default=1, ge=1)
     max_in_flight: int = Field(default=1_000, ge=1)
     max_in_flight_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     drain_timeout_s: float = Field(default=30.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
+    revocation_timeout_s: float = Field(default=5.0, gt=0)
+    handler_timeout_s: float | None = Field(default=None, gt=0)
     max_loop_restarts: int = Field(default=5, ge=0)
     exit_on_unhealthy: bool = False
 

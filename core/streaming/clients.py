@@ -23,11 +23,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
+    InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     OffsetOutOfRangeError,
+    OutOfOrderSequenceNumber,
     RequestTimedOutError,
     TopicAlreadyExistsError,
 )
@@ -73,6 +75,16 @@ TRANSIENT_CLIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 #: Every error the Redis client raises (server replies such as OOM or READONLY included).
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError,)
+
+#: Exceptions that mean "this record is too large for the broker" (at send or on the ack).
+TOO_LARGE_ERRORS: tuple[type[BaseException], ...] = (MessageTooLargeError, MessageSizeTooLargeError)
+
+#: Errors after which an idempotent producer's sequence state is broken for good: every
+#: later send to the partition would fail too, so the producer must be made anew.
+PRODUCER_STATE_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+)
 
 #: Exceptions that mean "the broker refused this and will refuse it again".
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KafkaError,)

@@ -41,3 +41,7 @@ class PartitionNotAssignedError(StreamingError):
 
 class UnknownTopicOrPartitionError(StreamingError, ValueError):
     """The topic does not exist (and may not be created), or has no such partition."""
+
+
+class DecodeError(PermanentError):
+    """A message's bytes are not a decodable event; retrying cannot help."""
