@@ -21,6 +21,7 @@ from core.config.settings import RedpandaSettings
 from core.streaming.clients import (
     AdminClient,
     ConsumerClient,
+    ConsumerOptions,
     ProducerClient,
     RebalanceListener,
     create_admin,
@@ -96,7 +97,7 @@ class Backend:
         auto_offset_reset: str = "earliest",
     ) -> ConsumerClient:
         consumer = create_consumer(
-            self.settings, topics, group, listener=listener, auto_offset_reset=auto_offset_reset
+            self.settings, topics, group, ConsumerOptions(auto_offset_reset), listener=listener
         )
         self._consumers.append(consumer)
         return consumer

@@ -48,7 +48,7 @@ async def settle(*consumers: InMemoryConsumer, rounds: int = 200) -> None:
 async def member(
     broker: InMemoryBroker, listener: Recorder | None = None, topics: list[str] | None = None
 ) -> InMemoryConsumer:
-    consumer = broker.consumer(topics or ["t"], "g", listener=listener)
+    consumer = InMemoryConsumer(broker, topics or ["t"], "g", listener=listener)
     await consumer.start()
     return consumer
 
@@ -219,7 +219,7 @@ async def test_failing_listener_is_logged_and_the_group_goes_on(
     broker = InMemoryBroker()
     broker.append("t", b"x", partition=0)
     with caplog.at_level(logging.ERROR):
-        consumer = broker.consumer(["t"], "g", listener=Broken())
+        consumer = InMemoryConsumer(broker, ["t"], "g", listener=Broken())
         await consumer.start()
         assert len(await drain(consumer, 1)) == 1
     assert "on_partitions_revoked" in caplog.text
@@ -288,7 +288,7 @@ def test_members_dead_with_their_event_loop_are_dropped() -> None:
         await asyncio.sleep(0.01)
 
     async def second_loop() -> set[TopicPartition]:
-        c = broker.consumer(["t"], "g")
+        c = InMemoryConsumer(broker, ["t"], "g")
         await c.start()
         await c.getmany(timeout_ms=400)
         await settle(c)

@@ -1,31 +1,36 @@
 """The embedded in-memory broker and its process-wide registry by ``memory://`` URL.
 
-``InMemoryBroker`` keeps topics of partitioned logs, consumer groups with committed
-offsets, and hands out clients that implement the same surface as the Kafka adapters
-in ``core.streaming.clients``. Everything runs inside one event loop; no mutation
-awaits halfway, so concurrent tasks always see consistent state.
+``InMemoryBroker`` keeps topics of partitioned logs and consumer groups with committed
+offsets; the clients in ``consumer.py``, ``producer.py`` and ``admin.py`` work on it.
+Everything runs inside one event loop; no mutation awaits halfway, so concurrent tasks
+always see consistent state.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from core.streaming.embedded.clients import InMemoryAdmin, InMemoryConsumer, InMemoryProducer
 from core.streaming.embedded.errors import UnknownTopicOrPartitionError
 from core.streaming.embedded.group import ConsumerGroup
 from core.streaming.embedded.log import PartitionLog, estimate_record_size
 from core.streaming.embedded.partitioner import RoundRobin, partition_for_key
 from core.streaming.errors import MessageTooLargeError
-from core.streaming.topic_names import validate_topic_name
 from core.streaming.types import Headers, Record, TopicPartition
-
-if TYPE_CHECKING:
-    from core.streaming.clients import RebalanceListener
+from core.topic_names import validate_topic_name
 
 MEMORY_SCHEME = "memory://"
 DEFAULT_BROKER_NAME = "default"
+
+
+class Subscriber(Protocol):
+    """Who wants to hear of new records: a consumer and its subscribed topics."""
+
+    @property
+    def topics(self) -> frozenset[str]: ...
+
+    def notify_data(self) -> None: ...
 
 
 class _Topic:
@@ -78,7 +83,7 @@ class InMemoryBroker:
         self.rebalance_timeout_ms = rebalance_timeout_ms
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, ConsumerGroup] = {}
-        self._watchers: dict[str, set[InMemoryConsumer]] = {}
+        self._watchers: dict[str, set[Subscriber]] = {}
         self._round_robin = RoundRobin()
 
     def __repr__(self) -> str:
@@ -88,39 +93,6 @@ class InMemoryBroker:
     def rebalance_timeout_s(self) -> float:
         """``rebalance_timeout_ms`` in seconds."""
         return self.rebalance_timeout_ms / 1000
-
-    # ------------------------------------------------------------------ clients
-
-    def consumer(
-        self,
-        topics: Sequence[str],
-        group_id: str,
-        *,
-        listener: RebalanceListener | None = None,
-        auto_offset_reset: str = "earliest",
-        max_poll_records: int = 500,
-        client_id: str | None = None,
-    ) -> InMemoryConsumer:
-        """A consumer in ``group_id`` subscribed to ``topics``; joins on ``start()``."""
-        return InMemoryConsumer(
-            self,
-            topics,
-            group_id,
-            listener=listener,
-            auto_offset_reset=auto_offset_reset,
-            max_poll_records=max_poll_records,
-            client_id=client_id,
-        )
-
-    def producer(
-        self, *, max_request_size: int = 1_048_576, client_id: str | None = None
-    ) -> InMemoryProducer:
-        """A producer refusing records above ``max_request_size`` bytes."""
-        return InMemoryProducer(self, max_request_size=max_request_size, client_id=client_id)
-
-    def admin(self) -> InMemoryAdmin:
-        """An admin client for topics."""
-        return InMemoryAdmin(self)
 
     # ------------------------------------------------------------------ topics
 
@@ -249,12 +221,12 @@ class InMemoryBroker:
             )
         return group
 
-    def watch(self, consumer: InMemoryConsumer) -> None:
+    def watch(self, consumer: Subscriber) -> None:
         """Wake ``consumer`` whenever one of its topics gets a record."""
         for topic in consumer.topics:
             self._watchers.setdefault(topic, set()).add(consumer)
 
-    def unwatch(self, consumer: InMemoryConsumer) -> None:
+    def unwatch(self, consumer: Subscriber) -> None:
         """Stop waking ``consumer``."""
         for topic in consumer.topics:
             watchers = self._watchers.get(topic)

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from core.config.settings import RedpandaSettings
-from core.streaming.clients import ConsumerClient, create_consumer
+from core.streaming.clients import ConsumerClient, ConsumerOptions, create_consumer
 from core.streaming.errors import ClientClosedError
 from core.streaming.infrastructure.closing import bounded_close
 from core.streaming.infrastructure.consumed_message import ConsumedMessage, decode_record
@@ -90,9 +90,8 @@ class MessageConsumer:
             self.config,
             self.topics,
             self.group_id,
+            ConsumerOptions(self.auto_offset_reset, self.max_poll_records),
             listener=self,
-            auto_offset_reset=self.auto_offset_reset,
-            max_poll_records=self.max_poll_records,
         )
         await client.start()
         self._client = client

@@ -1,8 +1,8 @@
-"""Consumer, producer and admin clients of the embedded broker.
+"""The embedded broker's consumer: a group member with Kafka's fetch and offset rules.
 
-They implement ``ConsumerClient``, ``ProducerClient`` and ``AdminClient`` of
-``core.streaming.clients`` and follow the Kafka adapters there, down to the errors
-they raise, so the layers above cannot tell the backends apart.
+It implements ``ConsumerClient`` of ``core.streaming.broker_api`` and follows the
+Kafka adapter (``core.streaming.kafka``), down to the errors it raises, so the layers
+above cannot tell the backends apart.
 
 Group coordination runs as aiokafka's does: each consumer has a background task that
 joins the group, runs the rebalance listener (``on_partitions_revoked`` with the whole
@@ -19,43 +19,19 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from core.streaming.broker_api import NO_GENERATION, ConsumerOptions
+from core.streaming.embedded.broker import InMemoryBroker
 from core.streaming.embedded.errors import OffsetOutOfRangeError, PartitionNotAssignedError
 from core.streaming.embedded.group import ConsumerGroup
-from core.streaming.embedded.log import PartitionLog, estimate_record_size
-from core.streaming.embedded.partitioner import RoundRobin
-from core.streaming.errors import ClientClosedError, CommitError, MessageTooLargeError
-from core.streaming.topic_names import validate_topic_name
-from core.streaming.types import Headers, Record, StoredRecord, TopicPartition, TopicSpec
+from core.streaming.embedded.log import PartitionLog
+from core.streaming.errors import ClientClosedError, CommitError
+from core.streaming.types import Record, TopicPartition
+from core.topic_names import validate_topic_name
 
 if TYPE_CHECKING:
-    from core.streaming.clients import RebalanceListener
-    from core.streaming.embedded.broker import InMemoryBroker
+    from core.streaming.broker_api import RebalanceListener
 
 logger = logging.getLogger(__name__)
-
-OFFSET_RESET_POLICIES = frozenset({"earliest", "latest", "none"})
-
-
-def _as_bytes(value: bytes | bytearray | memoryview | None, what: str) -> bytes | None:
-    if value is None or type(value) is bytes:
-        return value
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes or None, got {type(value).__name__}")
-
-
-def _normalize_headers(headers: Headers | None) -> tuple[tuple[str, bytes], ...]:
-    if not headers:
-        return ()
-    out: list[tuple[str, bytes]] = []
-    for name, data in headers:
-        if not isinstance(name, str):
-            raise TypeError(f"header names must be str, got {type(name).__name__}")
-        value = _as_bytes(data, f"header {name!r}")
-        if value is None:
-            raise TypeError(f"header {name!r} has no value; header values must be bytes")
-        out.append((name, value))
-    return tuple(out)
 
 
 class InMemoryConsumer:
@@ -66,34 +42,28 @@ class InMemoryConsumer:
         broker: InMemoryBroker,
         topics: Sequence[str],
         group_id: str,
+        options: ConsumerOptions | None = None,
         *,
         listener: RebalanceListener | None = None,
-        auto_offset_reset: str = "earliest",
-        max_poll_records: int = 500,
-        client_id: str | None = None,
     ) -> None:
         if isinstance(topics, str):
             raise TypeError("topics must be a sequence of topic names, not one string")
-        if auto_offset_reset not in OFFSET_RESET_POLICIES:
-            raise ValueError(
-                f"auto_offset_reset must be one of {sorted(OFFSET_RESET_POLICIES)}, "
-                f"got {auto_offset_reset!r}"
-            )
-        if max_poll_records <= 0:
-            raise ValueError(f"max_poll_records must be positive, got {max_poll_records}")
+        opts = options or ConsumerOptions()
+        opts.check_timeouts()
         if not group_id:
             raise ValueError("group_id is required")
         self._broker = broker
         self._topics = frozenset(validate_topic_name(t) for t in topics)
         self.group_id = group_id
         self._listener = listener
-        self._auto_offset_reset = auto_offset_reset
-        self._max_poll_records = max_poll_records
-        self._client_id = client_id or "tradestream-consumer"
+        self.options = opts
+        self._auto_offset_reset = opts.auto_offset_reset
+        self._max_poll_records = opts.max_poll_records
+        self._client_id = opts.client_id or "tradestream-consumer"
 
         self._group: ConsumerGroup | None = None
         self._member_id: str | None = None
-        self._generation = -1
+        self._generation = NO_GENERATION
         self._ready_generation = -2
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._order: list[TopicPartition] = []
@@ -132,7 +102,12 @@ class InMemoryConsumer:
     @property
     def member_id(self) -> str | None:
         """Id in the group while a member, else None."""
-        return self._member_id
+        return None if self._stopped else self._member_id
+
+    @property
+    def generation(self) -> int:
+        """The group generation of the current assignment; -1 before the first one."""
+        return NO_GENERATION if self._stopped else self._generation
 
     def notify_group_change(self) -> None:
         """The group started or finished a rebalance."""
@@ -492,136 +467,3 @@ class InMemoryConsumer:
             log = self._broker.partition_log(tp)
             result[tp] = 0 if log is None else log.end_offset
         return result
-
-
-class InMemoryProducer:
-    """A producer on the embedded broker (a ``ProducerClient``); acknowledges at once."""
-
-    def __init__(
-        self,
-        broker: InMemoryBroker,
-        *,
-        max_request_size: int = 1_048_576,
-        client_id: str | None = None,
-    ) -> None:
-        if max_request_size <= 0:
-            raise ValueError(f"max_request_size must be positive, got {max_request_size}")
-        self._broker = broker
-        self._max_request_size = max_request_size
-        self.client_id = client_id or "tradestream-producer"
-        self._round_robin = RoundRobin()
-        self._started = False
-        self._stopped = False
-
-    def __repr__(self) -> str:
-        return f"InMemoryProducer(client_id={self.client_id!r})"
-
-    async def start(self) -> None:
-        """Make the producer usable (idempotent)."""
-        if self._started and not self._stopped:
-            return
-        if self._stopped:
-            raise ClientClosedError("a stopped producer cannot be restarted")
-        self._started = True
-
-    async def stop(self) -> None:
-        """Close the producer (idempotent); every send is already stored."""
-        self._stopped = True
-
-    async def flush(self) -> None:
-        """Nothing to wait for: ``send`` stores the record before it returns."""
-
-    def _check(self) -> None:
-        if self._stopped or not self._started:
-            raise ClientClosedError("producer is not running")
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-    ) -> asyncio.Future[StoredRecord]:
-        """Append one record; returns an already completed acknowledgement.
-
-        Raises ``InvalidTopicNameError`` for an illegal name, ``MessageTooLargeError``
-        above ``max_request_size`` (nothing stored), ``UnknownTopicOrPartitionError``
-        for a missing topic when auto-creation is off or a partition out of range.
-        """
-        self._check()
-        validate_topic_name(topic)
-        key_bytes = _as_bytes(key, "key")
-        value_bytes = _as_bytes(value, "value")
-        header_items = _normalize_headers(headers)
-        size = estimate_record_size(key_bytes, value_bytes, header_items)
-        if size > self._max_request_size:
-            raise MessageTooLargeError(
-                f"record for {topic} is {size} bytes when serialized, above the "
-                f"max_request_size of {self._max_request_size} bytes; nothing was sent"
-            )
-        record = self._broker.append(
-            topic,
-            value_bytes,
-            key=key_bytes,
-            headers=header_items,
-            partition=partition,
-            round_robin=self._round_robin,
-            size=size,
-        )
-        future: asyncio.Future[StoredRecord] = asyncio.get_running_loop().create_future()
-        future.set_result(
-            StoredRecord(record.topic, record.partition, record.offset, record.timestamp)
-        )
-        return future
-
-    async def partitions_for(self, topic: str) -> set[int]:
-        """Partition numbers of ``topic``, created first if auto-creation is on."""
-        self._check()
-        return set(range(self._broker.ensure_topic(topic)))
-
-
-class InMemoryAdmin:
-    """An admin client on the embedded broker (an ``AdminClient``)."""
-
-    def __init__(self, broker: InMemoryBroker) -> None:
-        self._broker = broker
-        self._started = False
-
-    async def start(self) -> None:
-        """Make the client usable (idempotent)."""
-        self._started = True
-
-    async def close(self) -> None:
-        """Close the client (idempotent); ``start`` may open it again."""
-        self._started = False
-
-    def _check(self) -> None:
-        if not self._started:
-            raise ClientClosedError("admin client is not started")
-
-    async def create_topics(self, specs: Sequence[TopicSpec]) -> list[str]:
-        """Create the topics that do not exist yet; returns the names created."""
-        self._check()
-        for spec in specs:
-            validate_topic_name(spec.name)
-            if spec.partitions <= 0:
-                raise ValueError(f"topic {spec.name!r}: partitions must be positive")
-            if spec.replication_factor <= 0:
-                raise ValueError(f"topic {spec.name!r}: replication_factor must be positive")
-        return [
-            spec.name
-            for spec in specs
-            if self._broker.create_topic(spec.name, spec.partitions, configs=spec.configs)
-        ]
-
-    async def list_topics(self) -> set[str]:
-        """Names of all topics."""
-        self._check()
-        return set(self._broker.topics())
-
-    async def delete_topics(self, names: Sequence[str]) -> None:
-        """Delete topics with their records and committed offsets; missing ones are ignored."""
-        self._check()
-        for name in names:
-            self._broker.delete_topic(name)
