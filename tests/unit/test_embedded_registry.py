@@ -60,7 +60,6 @@ def test_broker_options_are_validated() -> None:
         {"default_partitions": 0},
         {"retention_records": 0},
         {"max_message_bytes": 0},
-        {"rebalance_timeout_ms": 0},
     ):
         with pytest.raises(ValueError):
             InMemoryBroker(**options)  # type: ignore[arg-type]

@@ -56,8 +56,6 @@ class InMemoryBroker:
             the oldest (None keeps everything).
         max_message_bytes: largest record batch the broker accepts (Kafka's
             ``message.max.bytes``).
-        rebalance_timeout_ms: how long a rebalance waits for a member to give up its
-            partitions before expelling it (aiokafka's ``rebalance_timeout_ms``).
     """
 
     def __init__(
@@ -66,7 +64,6 @@ class InMemoryBroker:
         auto_create_topics: bool = True,
         retention_records: int | None = None,
         max_message_bytes: int = 1_048_576,
-        rebalance_timeout_ms: int = 10_000,
     ) -> None:
         if default_partitions <= 0:
             raise ValueError(f"default_partitions must be positive, got {default_partitions}")
@@ -74,13 +71,10 @@ class InMemoryBroker:
             raise ValueError(f"retention_records must be positive, got {retention_records}")
         if max_message_bytes <= 0:
             raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
-        if rebalance_timeout_ms <= 0:
-            raise ValueError(f"rebalance_timeout_ms must be positive, got {rebalance_timeout_ms}")
         self.default_partitions = default_partitions
         self.auto_create_topics = auto_create_topics
         self.retention_records = retention_records
         self.max_message_bytes = max_message_bytes
-        self.rebalance_timeout_ms = rebalance_timeout_ms
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, ConsumerGroup] = {}
         self._watchers: dict[str, set[Subscriber]] = {}
@@ -88,11 +82,6 @@ class InMemoryBroker:
 
     def __repr__(self) -> str:
         return f"InMemoryBroker(topics={len(self._topics)}, groups={len(self._groups)})"
-
-    @property
-    def rebalance_timeout_s(self) -> float:
-        """``rebalance_timeout_ms`` in seconds."""
-        return self.rebalance_timeout_ms / 1000
 
     # ------------------------------------------------------------------ topics
 
@@ -216,9 +205,7 @@ class InMemoryBroker:
         """The group ``group_id``, created on first use."""
         group = self._groups.get(group_id)
         if group is None:
-            group = self._groups[group_id] = ConsumerGroup(
-                group_id, self._partitions_if_exists, self.rebalance_timeout_ms
-            )
+            group = self._groups[group_id] = ConsumerGroup(group_id, self._partitions_if_exists)
         return group
 
     def watch(self, consumer: Subscriber) -> None:

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from core.config.settings import RedpandaSettings
 from core.streaming.broker_api import NO_GENERATION, ConsumerOptions
 from core.streaming.embedded.broker import InMemoryBroker
 from core.streaming.embedded.errors import OffsetOutOfRangeError, PartitionNotAssignedError
@@ -48,8 +49,8 @@ class InMemoryConsumer:
     ) -> None:
         if isinstance(topics, str):
             raise TypeError("topics must be a sequence of topic names, not one string")
-        opts = options or ConsumerOptions()
-        opts.check_timeouts()
+        # Timeouts left unset take the settings' defaults (create_consumer resolves them).
+        opts = (options or ConsumerOptions()).resolve(RedpandaSettings())
         if not group_id:
             raise ValueError("group_id is required")
         self._broker = broker
@@ -78,6 +79,8 @@ class InMemoryConsumer:
         self._closing = False
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._wakeup = asyncio.Event()
 
@@ -96,8 +99,8 @@ class InMemoryConsumer:
 
     @property
     def alive(self) -> bool:
-        """True while this member's group coordination runs (its event loop lives)."""
-        return self._task is not None and not self._task.done()
+        """False once this member's event loop has closed: nothing of it can run again."""
+        return self._loop is not None and not self._loop.is_closed()
 
     @property
     def member_id(self) -> str | None:
@@ -115,7 +118,7 @@ class InMemoryConsumer:
         self._wakeup.set()
 
     def notify_expelled(self) -> None:
-        """The group expelled this member for not rejoining within the rebalance timeout."""
+        """The group expelled this member (rebalance or session timeout); it will rejoin."""
         self._expelled = True
         self.notify_group_change()
 
@@ -143,10 +146,22 @@ class InMemoryConsumer:
             for topic in sorted(self._topics):
                 self._broker.create_topic(topic)
         self._group = self._broker.group(self.group_id)
+        self._loop = loop
         self._task = loop.create_task(self._coordinate(), name=f"embedded-consumer-{self.group_id}")
-        self._member_id = self._group.join(self, self._client_id)
+        self._heartbeats = loop.create_task(
+            self._heartbeat(), name=f"embedded-heartbeat-{self.group_id}"
+        )
+        self._member_id = self._join(self._group)
         self._broker.watch(self)
         self._started = True
+
+    def _join(self, group: ConsumerGroup) -> str:
+        return group.join(
+            self,
+            self._client_id,
+            session_timeout_ms=self.options.session_timeout_ms or 0,
+            rebalance_timeout_ms=self.options.rebalance_timeout_ms or 0,
+        )
 
     async def stop(self) -> None:
         """Leave the group (idempotent). Like aiokafka, no revocation callback is run.
@@ -160,35 +175,34 @@ class InMemoryConsumer:
         self.notify_group_change()
         task = self._task
         if task is not None and task is not asyncio.current_task() and not task.done():
-            _, pending = await asyncio.wait({task}, timeout=self._broker.rebalance_timeout_s)
+            timeout_s = (self.options.rebalance_timeout_ms or 0) / 1000
+            _, pending = await asyncio.wait({task}, timeout=timeout_s)
             if pending:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._leave()
+                await _cancel(task)
+        await self._halt(leave=True)
 
     async def crash(self) -> None:
-        """Die like a killed process: leave the group at once, commit nothing, run no callback.
+        """Die like a killed process: heartbeats stop, nothing is committed, no callback runs.
 
-        The partitions go to the remaining members, which resume from the last
-        committed offsets, so records fetched since then are delivered again.
+        The member does not leave: as with Kafka, the group notices when its session
+        timeout passes without a heartbeat (or when a rebalance waits on it for the
+        rebalance timeout), then hands its partitions to the others, which resume
+        from the last committed offsets, so records fetched since then come again.
         """
         if self._stopped:
             return
         self._closing = True
-        task = self._task
-        self._leave()
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel(self._task)
+        await self._halt(leave=False)
 
-    def _leave(self) -> None:
-        if self._group is not None and self._member_id is not None:
+    async def _halt(self, *, leave: bool) -> None:
+        await _cancel(self._heartbeats)
+        if leave and self._group is not None and self._member_id is not None:
             self._group.leave(self._member_id)
         self._broker.unwatch(self)
         self._stopped = True
         self._task = None
+        self._heartbeats = None
         self._assignment = frozenset()
         self._order = []
         self._positions.clear()
@@ -196,6 +210,15 @@ class InMemoryConsumer:
         self._wakeup.set()
 
     # ------------------------------------------------------------------ coordination
+
+    async def _heartbeat(self) -> None:
+        """Beat every ``heartbeat_interval_ms``, also while a listener callback runs."""
+        interval_s = (self.options.heartbeat_interval_ms or 0) / 1000
+        while not self._closing:
+            await asyncio.sleep(interval_s)
+            group, member_id = self._group, self._member_id
+            if group is not None and member_id is not None:
+                group.heartbeat(member_id)
 
     async def _coordinate(self) -> None:
         try:
@@ -221,7 +244,7 @@ class InMemoryConsumer:
                     await self._revoke()
                 if self._closing:
                     return
-                self._member_id = group.join(self, self._client_id)
+                self._member_id = self._join(group)
                 continue
             if group.must_revoke(member_id):
                 await self._revoke()
@@ -467,3 +490,12 @@ class InMemoryConsumer:
             log = self._broker.partition_log(tp)
             result[tp] = 0 if log is None else log.end_offset
         return result
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` (not the caller itself) and wait until it has ended."""
+    if task is None or task is asyncio.current_task() or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
