@@ -35,7 +35,7 @@ from core.streaming.embedded import InMemoryBroker, drop_broker, get_broker
 from core.streaming.infrastructure.message_producer import MessageProducer, Payload
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
 from core.streaming.topic_reader import read_topic
-from core.streaming.types import FetchedRecord
+from core.streaming.types import FetchedRecord, Headers
 
 
 class HarnessTimeoutError(AssertionError):
@@ -275,6 +275,6 @@ def _dead_letters(records: Sequence[FetchedRecord]) -> list[DeadLetter]:
     return [DeadLetter(r.key, r.value, _decode_headers(r.headers)) for r in records]
 
 
-def _decode_headers(headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes]) -> dict[str, str]:
+def _decode_headers(headers: Headers | Mapping[str, bytes]) -> dict[str, str]:
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k: v.decode("utf-8", "replace") for k, v in items}
+    return {k: "" if v is None else v.decode("utf-8", "replace") for k, v in items}

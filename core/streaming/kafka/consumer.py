@@ -1,4 +1,8 @@
-"""``ConsumerClient`` over ``AIOKafkaConsumer``: explicit commits, our types and errors."""
+"""``ConsumerClient`` over ``AIOKafkaConsumer``: explicit commits, our types and errors.
+
+A fetched record that aiokafka cannot decode is handed out as an
+``UnreadableRecord`` at its offset (see ``core.streaming.kafka.records``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, OffsetOutOfRan
 from core.config.settings import RedpandaSettings
 from core.streaming.broker_api import NO_GENERATION, ConsumerOptions, RebalanceListener
 from core.streaming.errors import ClientClosedError, CommitError, PartitionNotAssignedError
+from core.streaming.kafka import records
 from core.streaming.kafka.connection import connection_kwargs, to_kafka
 from core.streaming.types import FetchedRecord, TopicPartition
 from core.topic_names import validate_topic_name
@@ -19,6 +24,9 @@ from core.topic_names import validate_topic_name
 #: Extra time a JoinGroup request may take beyond the rebalance timeout (as Kafka's
 #: Java client allows): the broker holds the request until the rebalance completes.
 JOIN_GRACE_MS = 5_000
+
+# A record aiokafka cannot decode becomes an UnreadableRecord instead of an error.
+records.install()
 
 
 class _ListenerBridge(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -100,7 +108,9 @@ class KafkaConsumerClient:
             raise ClientClosedError("a stopped consumer cannot be restarted")
         if self._started:
             return
-        await self._consumer.start()
+        # The fetcher task starts here and keeps this context: it parses tolerantly.
+        with records.tolerant_fetching():
+            await self._consumer.start()
         listener = _ListenerBridge(self._listener) if self._listener else None
         self._consumer.subscribe(self._topics, listener=listener)
         self._started = True
