@@ -41,3 +41,19 @@ class PartitionNotAssignedError(StreamingError):
 
 class UnknownTopicOrPartitionError(StreamingError, ValueError):
     """The topic does not exist (and may not be created), or has no such partition."""
+
+
+class EmptyRecordError(PermanentError, ValueError):
+    """A record with neither key nor value: Kafka clients refuse to send one."""
+
+
+class OffsetOutOfRangeError(StreamingError):
+    """A partition has no valid fetch position and ``auto_offset_reset`` is ``"none"``.
+
+    Raised when the group has no committed offset for it, or the committed offset
+    lies outside the log (retention removed it, or the topic was recreated).
+    """
+
+
+class TopicCreationError(StreamingError, ValueError):
+    """The broker refused a topic as specified (partitions, replication factor, configs)."""

@@ -109,10 +109,11 @@ class Backend:
             self._admin = admin
         return self._admin
 
-    async def topic(self, partitions: int = 3) -> str:
+    async def topic(self, partitions: int = 3, configs: dict[str, str] | None = None) -> str:
         """A new topic with ``partitions`` partitions, created through the admin client."""
         name = self.name_for("topic")
-        created = await (await self.admin()).create_topics([TopicSpec(name, partitions=partitions)])
+        spec = TopicSpec(name, partitions=partitions, configs=configs or {})
+        created = await (await self.admin()).create_topics([spec])
         assert created == [name]
         self._topics.append(name)
         return name
@@ -149,8 +150,17 @@ class Backend:
         await consumer.start()
         return consumer
 
-    async def started_producer(self, **kwargs: Any) -> ProducerClient:
-        producer = create_producer(self.settings, **kwargs)
+    def track_topic(self, name: str) -> None:
+        """Delete ``name`` at the end too (a topic a scenario made some other way)."""
+        self._topics.append(name)
+
+    async def started_producer(
+        self, *, request_timeout_ms: int | None = None, **kwargs: Any
+    ) -> ProducerClient:
+        settings = self.settings
+        if request_timeout_ms is not None:
+            settings = settings.model_copy(update={"request_timeout_ms": request_timeout_ms})
+        producer = create_producer(settings, **kwargs)
         self._producers.append(producer)
         await producer.start()
         return producer

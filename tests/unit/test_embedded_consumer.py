@@ -14,6 +14,7 @@ from core.streaming.embedded import (
     InMemoryProducer,
     OffsetOutOfRangeError,
     PartitionNotAssignedError,
+    UnknownTopicOrPartitionError,
 )
 from core.streaming.errors import ClientClosedError, CommitError
 from core.streaming.types import Record, TopicPartition
@@ -177,8 +178,9 @@ async def test_seek_position_highwater_and_end_offsets() -> None:
         consumer.seek(TP0, -1)
     consumer.seek(TP0, 50)
     assert [r.offset for r in (await consumer.getmany())[TP0]] == list(range(10))
-    ends = await consumer.end_offsets([TP0, TopicPartition("missing", 0)])
-    assert ends == {TP0: 10, TopicPartition("missing", 0): 0}
+    assert await consumer.end_offsets([TP0]) == {TP0: 10}
+    with pytest.raises(UnknownTopicOrPartitionError):
+        await consumer.end_offsets([TP0, TopicPartition("missing", 0)])
 
 
 async def test_latest_starts_at_the_end() -> None:

@@ -14,14 +14,18 @@ from typing import Any, Protocol
 
 from core.streaming.embedded.errors import UnknownTopicOrPartitionError
 from core.streaming.embedded.group import ConsumerGroup
-from core.streaming.embedded.log import PartitionLog, estimate_record_size
+from core.streaming.embedded.log import PartitionLog, record_batch_size
 from core.streaming.embedded.partitioner import RoundRobin, partition_for_key
-from core.streaming.errors import MessageTooLargeError
+from core.streaming.errors import EmptyRecordError, MessageTooLargeError, TopicCreationError
 from core.streaming.types import Headers, Record, TopicPartition
-from core.topic_names import validate_topic_name
+from core.topic_names import InvalidTopicNameError, validate_topic_name
 
 MEMORY_SCHEME = "memory://"
 DEFAULT_BROKER_NAME = "default"
+#: Kafka's default ``message.max.bytes``: 1 MiB plus the 12-byte log overhead.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+#: The topic config that overrides ``message.max.bytes`` for one topic.
+MAX_MESSAGE_BYTES_CONFIG = "max.message.bytes"
 
 
 class Subscriber(Protocol):
@@ -34,7 +38,7 @@ class Subscriber(Protocol):
 
 
 class _Topic:
-    __slots__ = ("configs", "name", "partitions")
+    __slots__ = ("configs", "max_message_bytes", "name", "partitions")
 
     def __init__(
         self, name: str, partitions: int, retention_records: int | None, configs: Mapping[str, str]
@@ -42,6 +46,26 @@ class _Topic:
         self.name = name
         self.configs = dict(configs)
         self.partitions = [PartitionLog(name, p, retention_records) for p in range(partitions)]
+        limit = self.configs.get(MAX_MESSAGE_BYTES_CONFIG)
+        self.max_message_bytes = None if limit is None else _positive_int(name, limit)
+
+
+def _positive_int(topic: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise TopicCreationError(
+            f"topic {topic!r}: invalid value {value!r} for {MAX_MESSAGE_BYTES_CONFIG}, "
+            "expected a positive integer"
+        )
+    return number
+
+
+def collision_key(name: str) -> str:
+    """Kafka's name under which ``x.y`` and ``x_y`` are the same topic (metric names)."""
+    return name.replace(".", "_")
 
 
 class InMemoryBroker:
@@ -55,7 +79,9 @@ class InMemoryBroker:
         retention_records: keep at most this many records per partition, dropping
             the oldest (None keeps everything).
         max_message_bytes: largest record batch the broker accepts (Kafka's
-            ``message.max.bytes``).
+            ``message.max.bytes``); a topic's ``max.message.bytes`` config
+            overrides it for that topic. Records are checked as one-record
+            batches, exactly sized.
     """
 
     def __init__(
@@ -63,7 +89,7 @@ class InMemoryBroker:
         default_partitions: int = 3,
         auto_create_topics: bool = True,
         retention_records: int | None = None,
-        max_message_bytes: int = 1_048_576,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if default_partitions <= 0:
             raise ValueError(f"default_partitions must be positive, got {default_partitions}")
@@ -88,13 +114,24 @@ class InMemoryBroker:
     def create_topic(
         self, name: str, partitions: int | None = None, *, configs: Mapping[str, str] | None = None
     ) -> bool:
-        """Create ``name``; False if it already exists (its partitions are left alone)."""
+        """Create ``name``; False if it already exists (its partitions are left alone).
+
+        Raises ``InvalidTopicNameError`` for an illegal name or one that collides with
+        an existing topic (``x.y`` against ``x_y``), and ``TopicCreationError`` for a
+        partition count below 1 or a bad ``max.message.bytes``.
+        """
         validate_topic_name(name)
         count = self.default_partitions if partitions is None else partitions
-        if count <= 0:
-            raise ValueError(f"topic {name!r}: partitions must be positive, got {count}")
+        if isinstance(count, bool) or count <= 0:
+            raise TopicCreationError(
+                f"topic {name!r}: number of partitions must be positive, got {count}"
+            )
         if name in self._topics:
             return False
+        key = collision_key(name)
+        for other in self._topics:
+            if collision_key(other) == key:
+                raise InvalidTopicNameError(f"Topic {name!r} collides with existing topic: {other}")
         self._topics[name] = _Topic(name, count, self.retention_records, configs or {})
         self._rebalance_subscribers(name)
         return True
@@ -105,13 +142,22 @@ class InMemoryBroker:
         return len(topic.partitions)
 
     def delete_topic(self, name: str) -> bool:
-        """Delete ``name``, its records and its committed offsets; False if missing."""
+        """Delete ``name``, its records and its committed offsets; False if missing.
+
+        With auto-creation on, a topic a live group member still subscribes to comes
+        back at once, empty, with the default partition count: a Kafka consumer's
+        next metadata request re-creates it the same way.
+        """
         if self._topics.pop(name, None) is None:
             return False
         for group in self._groups.values():
             for tp in [tp for tp in group.committed if tp.topic == name]:
                 del group.committed[tp]
-        self._rebalance_subscribers(name)
+        subscribed = any(name in group.subscribed_topics() for group in self._groups.values())
+        if self.auto_create_topics and subscribed:
+            self.create_topic(name)
+        else:
+            self._rebalance_subscribers(name)
         return True
 
     def topics(self) -> dict[str, int]:
@@ -145,7 +191,11 @@ class InMemoryBroker:
             raise UnknownTopicOrPartitionError(
                 f"topic {name!r} does not exist and auto-creation is off"
             )
-        self.create_topic(name)
+        try:
+            self.create_topic(name)
+        except InvalidTopicNameError as exc:
+            # Kafka answers a metadata request for such a name with an unknown topic.
+            raise UnknownTopicOrPartitionError(f"topic {name!r} cannot be created: {exc}") from exc
         return self._topics[name]
 
     def _log_or_raise(self, tp: TopicPartition) -> PartitionLog:
@@ -166,23 +216,27 @@ class InMemoryBroker:
         partition: int | None = None,
         timestamp_ms: int | None = None,
         round_robin: RoundRobin | None = None,
-        size: int | None = None,
     ) -> Record:
         """Store one record as a producer would and return it with its offset.
 
         The partition is ``partition`` if given, else Kafka's murmur2 choice for
-        ``key``, else the next one in turn. Raises ``MessageTooLargeError`` above
-        ``max_message_bytes`` and ``UnknownTopicOrPartitionError`` for a missing topic
-        (without auto-creation) or partition.
+        ``key``, else the next one in turn. Raises ``EmptyRecordError`` without key
+        and value, ``UnknownTopicOrPartitionError`` for a missing topic (without
+        auto-creation) or partition, and ``MessageTooLargeError`` when the record,
+        as a one-record batch, is above the topic's ``max.message.bytes`` (or the
+        broker's ``max_message_bytes``).
         """
+        if key is None and value is None:
+            raise EmptyRecordError(f"record for {topic} has neither key nor value")
         headers = tuple(headers)
-        record_size = estimate_record_size(key, value, headers) if size is None else size
-        if record_size > self.max_message_bytes:
-            raise MessageTooLargeError(
-                f"record for {topic} is {record_size} bytes, above the broker's "
-                f"max_message_bytes of {self.max_message_bytes}; nothing was stored"
-            )
         target = self._topic_for_write(topic)
+        limit = target.max_message_bytes or self.max_message_bytes
+        size = record_batch_size(key, value, headers)
+        if size > limit:
+            raise MessageTooLargeError(
+                f"record for {topic} is {size} bytes as a record batch, above the topic's "
+                f"limit of {limit} bytes (max.message.bytes); nothing was stored"
+            )
         count = len(target.partitions)
         if partition is None:
             if key is not None:

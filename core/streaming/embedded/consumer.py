@@ -22,12 +22,16 @@ from typing import TYPE_CHECKING
 from core.config.settings import RedpandaSettings
 from core.streaming.broker_api import NO_GENERATION, ConsumerOptions
 from core.streaming.embedded.broker import InMemoryBroker
-from core.streaming.embedded.errors import OffsetOutOfRangeError, PartitionNotAssignedError
+from core.streaming.embedded.errors import (
+    OffsetOutOfRangeError,
+    PartitionNotAssignedError,
+    UnknownTopicOrPartitionError,
+)
 from core.streaming.embedded.group import ConsumerGroup
 from core.streaming.embedded.log import PartitionLog
 from core.streaming.errors import ClientClosedError, CommitError
 from core.streaming.types import Record, TopicPartition
-from core.topic_names import validate_topic_name
+from core.topic_names import InvalidTopicNameError, validate_topic_name
 
 if TYPE_CHECKING:
     from core.streaming.broker_api import RebalanceListener
@@ -144,7 +148,9 @@ class InMemoryConsumer:
         if self._broker.auto_create_topics:
             # Kafka creates subscribed topics on the consumer's metadata request, too.
             for topic in sorted(self._topics):
-                self._broker.create_topic(topic)
+                # A name colliding with another topic is not created, as on Kafka.
+                with contextlib.suppress(InvalidTopicNameError):
+                    self._broker.create_topic(topic)
         self._group = self._broker.group(self.group_id)
         self._loop = loop
         self._task = loop.create_task(self._coordinate(), name=f"embedded-consumer-{self.group_id}")
@@ -360,7 +366,9 @@ class InMemoryConsumer:
             if log is None:
                 continue
             position = self._positions.get(tp)
-            if position is None or not log.start_offset <= position <= log.end_offset:
+            if position is None:
+                position = self._initial_position(tp, log)
+            elif not log.start_offset <= position <= log.end_offset:
                 position = self._positions[tp] = self._reset_offset(log, position)
             batch = log.read(position, limit)
             if batch:
@@ -370,6 +378,19 @@ class InMemoryConsumer:
                 if limit == 0:
                     break
         return out
+
+    def _initial_position(self, tp: TopicPartition, log: PartitionLog) -> int:
+        """Where a partition without a position starts: its committed offset, else the reset.
+
+        Looked up again on every fetch while there is none, as Kafka's consumer does,
+        so a commit made after ``auto_offset_reset="none"`` refused gives a position.
+        """
+        committed = self._group.committed.get(tp) if self._group is not None else None
+        if committed is not None and log.start_offset <= committed <= log.end_offset:
+            self._positions[tp] = committed
+            return committed
+        position = self._positions[tp] = self._reset_offset(log, committed)
+        return position
 
     def _reset_offset(self, log: PartitionLog, position: int | None = None) -> int:
         if self._auto_offset_reset == "earliest":
@@ -470,7 +491,7 @@ class InMemoryConsumer:
             log = self._broker.partition_log(tp)
             if log is None:
                 raise PartitionNotAssignedError(f"partition {tp} no longer exists")
-            position = self._positions[tp] = self._reset_offset(log)
+            position = self._initial_position(tp, log)
         return position
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -483,12 +504,17 @@ class InMemoryConsumer:
         self._wakeup.set()
 
     async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """High watermark of each of ``tps`` (assigned or not); 0 for a missing one, as Kafka."""
+        """High watermark of each of ``tps`` (assigned or not).
+
+        Raises ``UnknownTopicOrPartitionError`` when one of them does not exist.
+        """
         self._check()
         result: dict[TopicPartition, int] = {}
         for tp in tps:
             log = self._broker.partition_log(tp)
-            result[tp] = 0 if log is None else log.end_offset
+            if log is None:
+                raise UnknownTopicOrPartitionError(f"partition {tp} does not exist")
+            result[tp] = log.end_offset
         return result
 
 

@@ -40,6 +40,23 @@ def estimate_record_size(key: bytes | None, value: bytes | None, headers: Header
     return BATCH_HEADER_BYTES + MAX_RECORD_OVERHEAD + size
 
 
+def record_batch_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """Exact size of a one-record, uncompressed v2 batch holding this record.
+
+    It is what a broker compares with ``message.max.bytes`` / ``max.message.bytes``
+    (a batch of one record: timestamp and offset deltas are 0, one byte each).
+    """
+    body = 3  # attributes, timestamp delta, offset delta
+    body += 1 if key is None else _varint_size(len(key)) + len(key)
+    body += 1 if value is None else _varint_size(len(value)) + len(value)
+    body += _varint_size(len(headers))
+    for name, data in headers:
+        encoded = len(name.encode("utf-8"))
+        body += _varint_size(encoded) + encoded
+        body += 1 if data is None else _varint_size(len(data)) + len(data)
+    return BATCH_HEADER_BYTES + _varint_size(body) + body
+
+
 class PartitionLog:
     """The records of one partition, addressed by offset.
 

@@ -11,7 +11,7 @@ import asyncio
 from core.streaming.embedded.broker import InMemoryBroker
 from core.streaming.embedded.log import estimate_record_size
 from core.streaming.embedded.partitioner import RoundRobin
-from core.streaming.errors import ClientClosedError, MessageTooLargeError
+from core.streaming.errors import ClientClosedError, EmptyRecordError, MessageTooLargeError
 from core.streaming.types import Headers, StoredRecord
 from core.topic_names import validate_topic_name
 
@@ -24,17 +24,15 @@ def _as_bytes(value: bytes | bytearray | memoryview | None, what: str) -> bytes 
     raise TypeError(f"{what} must be bytes or None, got {type(value).__name__}")
 
 
-def _normalize_headers(headers: Headers | None) -> tuple[tuple[str, bytes], ...]:
+def _normalize_headers(headers: Headers | None) -> tuple[tuple[str, bytes | None], ...]:
+    """Headers as stored: str names, bytes or None values (Kafka keeps a null value)."""
     if not headers:
         return ()
-    out: list[tuple[str, bytes]] = []
+    out: list[tuple[str, bytes | None]] = []
     for name, data in headers:
         if not isinstance(name, str):
             raise TypeError(f"header names must be str, got {type(name).__name__}")
-        value = _as_bytes(data, f"header {name!r}")
-        if value is None:
-            raise TypeError(f"header {name!r} has no value; header values must be bytes")
-        out.append((name, value))
+        out.append((name, _as_bytes(data, f"header {name!r}")))
     return tuple(out)
 
 
@@ -89,14 +87,20 @@ class InMemoryProducer:
     ) -> asyncio.Future[StoredRecord]:
         """Append one record; returns an already completed acknowledgement.
 
-        Raises ``InvalidTopicNameError`` for an illegal name, ``MessageTooLargeError``
-        above ``max_request_size`` (nothing stored), ``UnknownTopicOrPartitionError``
-        for a missing topic when auto-creation is off or a partition out of range.
+        As with Kafka, refusals of the client raise here: ``InvalidTopicNameError``
+        for an illegal name, ``EmptyRecordError`` without key and value,
+        ``MessageTooLargeError`` above ``max_request_size``,
+        ``UnknownTopicOrPartitionError`` for a missing topic when auto-creation is
+        off or a partition out of range. The broker's refusal of a record above the
+        topic's ``max.message.bytes`` arrives on the acknowledgement, as
+        ``MessageTooLargeError``. Nothing is stored in either case.
         """
         self._check()
         validate_topic_name(topic)
         key_bytes = _as_bytes(key, "key")
         value_bytes = _as_bytes(value, "value")
+        if key_bytes is None and value_bytes is None:
+            raise EmptyRecordError(f"record for {topic} has neither key nor value; not sent")
         header_items = _normalize_headers(headers)
         size = estimate_record_size(key_bytes, value_bytes, header_items)
         if size > self._max_request_size:
@@ -104,16 +108,19 @@ class InMemoryProducer:
                 f"record for {topic} is {size} bytes when serialized, above the "
                 f"max_request_size of {self._max_request_size} bytes; nothing was sent"
             )
-        record = self._broker.append(
-            topic,
-            value_bytes,
-            key=key_bytes,
-            headers=header_items,
-            partition=partition,
-            round_robin=self._round_robin,
-            size=size,
-        )
         future: asyncio.Future[StoredRecord] = asyncio.get_running_loop().create_future()
+        try:
+            record = self._broker.append(
+                topic,
+                value_bytes,
+                key=key_bytes,
+                headers=header_items,
+                partition=partition,
+                round_robin=self._round_robin,
+            )
+        except MessageTooLargeError as exc:
+            future.set_exception(exc)
+            return future
         future.set_result(
             StoredRecord(record.topic, record.partition, record.offset, record.timestamp)
         )

@@ -6,12 +6,40 @@ import asyncio
 from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidConfigurationError,
+    InvalidPartitionsError,
+    InvalidReplicationAssignmentError,
+    InvalidReplicationFactorError,
+    InvalidTopicError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 
 from core.config.settings import RedpandaSettings
+from core.streaming.errors import TopicCreationError
 from core.streaming.kafka.connection import connection_kwargs
 from core.streaming.types import TopicSpec
-from core.topic_names import validate_topic_name
+from core.topic_names import InvalidTopicNameError, validate_topic_name
+
+#: Kafka error codes for a topic refused as specified, and the error we raise for each.
+_INVALID_TOPIC = InvalidTopicError.errno
+_SPEC_REFUSALS = {
+    InvalidPartitionsError.errno,
+    InvalidReplicationFactorError.errno,
+    InvalidReplicationAssignmentError.errno,
+    InvalidConfigurationError.errno,
+}
+
+
+def _refusal(name: str, code: int, message: str) -> Exception:
+    text = f"creating topic {name!r} was refused (error {code}): {message}"
+    if code == _INVALID_TOPIC:
+        return InvalidTopicNameError(text)
+    if code in _SPEC_REFUSALS:
+        return TopicCreationError(text)
+    other: Exception = KafkaError(text)
+    return other
 
 
 class KafkaAdminClient:
@@ -49,14 +77,17 @@ class KafkaAdminClient:
         except TopicAlreadyExistsError:
             return []
         created: list[str] = []
+        refusals: list[Exception] = []
         for entry in response.topic_errors:
             name, code = entry[0], entry[1]
             if code == 0:
                 created.append(name)
             elif code != TopicAlreadyExistsError.errno:
                 message = entry[2] if len(entry) > 2 else ""
-                raise KafkaError(f"creating topic {name!r} failed with error {code}: {message}")
-        await self._wait_visible([s.name for s in wanted])
+                refusals.append(_refusal(name, code, message))
+        await self._wait_visible(created)
+        if refusals:
+            raise refusals[0]
         return created
 
     async def _wait_visible(self, names: list[str], timeout_s: float = 10.0) -> None:

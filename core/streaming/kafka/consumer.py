@@ -11,11 +11,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KafkaTopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, OffsetOutOfRangeError
+from aiokafka.errors import CommitFailedError, IllegalStateError, NoOffsetForPartitionError
+from aiokafka.errors import OffsetOutOfRangeError as KafkaOffsetOutOfRangeError
 
 from core.config.settings import RedpandaSettings
 from core.streaming.broker_api import NO_GENERATION, ConsumerOptions, RebalanceListener
-from core.streaming.errors import ClientClosedError, CommitError, PartitionNotAssignedError
+from core.streaming.errors import (
+    ClientClosedError,
+    CommitError,
+    OffsetOutOfRangeError,
+    PartitionNotAssignedError,
+    UnknownTopicOrPartitionError,
+)
 from core.streaming.kafka import records
 from core.streaming.kafka.connection import connection_kwargs, to_kafka
 from core.streaming.types import FetchedRecord, TopicPartition
@@ -126,7 +133,13 @@ class KafkaConsumerClient:
         self, timeout_ms: int = 0, max_records: int | None = None
     ) -> Mapping[TopicPartition, Sequence[FetchedRecord]]:
         self._check()
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except (NoOffsetForPartitionError, KafkaOffsetOutOfRangeError) as exc:
+            raise OffsetOutOfRangeError(
+                f"{exc}: no valid position (no committed offset, or one outside the log) "
+                f"and auto_offset_reset is {self.options.auto_offset_reset!r}"
+            ) from exc
         # aiokafka's records already have the FetchedRecord attributes: no copy per record.
         return {TopicPartition(ktp.topic, ktp.partition): recs for ktp, recs in batches.items()}
 
@@ -137,7 +150,7 @@ class KafkaConsumerClient:
         await self._check_commit_range(offsets)
         try:
             await self._consumer.commit({to_kafka(tp): off for tp, off in offsets.items()})
-        except (CommitFailedError, IllegalStateError, OffsetOutOfRangeError) as exc:
+        except (CommitFailedError, IllegalStateError, KafkaOffsetOutOfRangeError) as exc:
             raise CommitError(f"commit of {dict(offsets)} refused: {exc}") from exc
 
     async def _check_commit_range(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -150,7 +163,10 @@ class KafkaConsumerClient:
             if known is None or offset > known:
                 unknown.append(tp)
         if unknown:
-            ends = await self.end_offsets(unknown)
+            try:
+                ends = await self.end_offsets(unknown)
+            except UnknownTopicOrPartitionError as exc:
+                raise CommitError(f"commit of {dict(offsets)} refused: {exc}") from exc
             for tp in unknown:
                 if offsets[tp] > ends.get(tp, 0):
                     raise CommitError(
@@ -199,6 +215,11 @@ class KafkaConsumerClient:
     async def position(self, tp: TopicPartition) -> int:
         self._check()
         self._owned([tp])
+        if self.options.auto_offset_reset == "none" and await self.committed(tp) is None:
+            # aiokafka would wait for a position that never comes.
+            raise OffsetOutOfRangeError(
+                f"no committed offset for {tp} and auto_offset_reset is 'none'"
+            )
         return int(await self._consumer.position(to_kafka(tp)))
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -207,6 +228,24 @@ class KafkaConsumerClient:
         self._consumer.seek(to_kafka(tp), offset)
 
     async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """High watermarks; ``UnknownTopicOrPartitionError`` if one of ``tps`` does not exist.
+
+        aiokafka would retry a missing partition until its request timeout, or
+        create a missing topic (with auto-creation on) and report 0.
+        """
         self._check()
-        result = await self._consumer.end_offsets([to_kafka(tp) for tp in tps])
+        wanted = list(tps)
+        await self._require_existing(wanted)
+        result = await self._consumer.end_offsets([to_kafka(tp) for tp in wanted])
         return {TopicPartition(tp.topic, tp.partition): int(o) for tp, o in result.items()}
+
+    async def _require_existing(self, tps: list[TopicPartition]) -> None:
+        cached = self._consumer.partitions_for_topic
+        if all(tp.partition in (cached(tp.topic) or ()) for tp in tps):
+            return
+        cluster = await self._consumer._client.fetch_all_metadata()
+        missing = [
+            tp for tp in tps if tp.partition not in (cluster.partitions_for_topic(tp.topic) or ())
+        ]
+        if missing:
+            raise UnknownTopicOrPartitionError(f"partitions {sorted(missing)} do not exist")

@@ -1,16 +1,30 @@
-"""``ProducerClient`` over an idempotent, acks=all ``AIOKafkaProducer``."""
+"""``ProducerClient`` over an idempotent, acks=all ``AIOKafkaProducer``.
+
+aiokafka's own refusals are translated to the framework's errors, the ones the
+embedded broker raises: an empty record, a partition out of range (a bare
+``AssertionError`` in aiokafka), an unknown topic, and a record the broker finds
+too large, which arrives on the acknowledgement.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError as KafkaInvalidTopicError
 from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import UnknownTopicOrPartitionError as KafkaUnknownTopicOrPartitionError
 
 from core.config.settings import RedpandaSettings
-from core.streaming.errors import ClientClosedError, MessageTooLargeError
+from core.streaming.errors import (
+    ClientClosedError,
+    EmptyRecordError,
+    MessageTooLargeError,
+    UnknownTopicOrPartitionError,
+)
 from core.streaming.kafka.connection import connection_kwargs
 from core.streaming.types import Headers, RecordMetadata
 from core.topic_names import validate_topic_name
@@ -74,8 +88,10 @@ class KafkaProducerClient:
         if self._stopped or not self._started:
             raise ClientClosedError("producer is not running")
         validate_topic_name(topic)
+        if key is None and value is None:
+            raise EmptyRecordError(f"record for {topic} has neither key nor value; not sent")
         try:
-            future: asyncio.Future[RecordMetadata] = await self._producer.send(
+            sent: asyncio.Future[RecordMetadata] = await self._producer.send(
                 topic, value=value, key=key, partition=partition, headers=list(headers or ())
             )
         except MessageSizeTooLargeError as exc:
@@ -86,7 +102,41 @@ class KafkaProducerClient:
             ) from exc
         except KafkaInvalidTopicError as exc:
             raise ValueError(f"broker refused topic name {topic!r}") from exc
-        return future
+        except KafkaUnknownTopicOrPartitionError as exc:
+            raise UnknownTopicOrPartitionError(
+                f"topic {topic!r} is not known to the broker and could not be created"
+            ) from exc
+        except AssertionError as exc:
+            # aiokafka asserts that an explicit partition exists in its metadata.
+            if partition is None:
+                raise
+            raise UnknownTopicOrPartitionError(
+                f"topic {topic!r} has no partition {partition}; nothing was sent"
+            ) from exc
+        ack: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        sent.add_done_callback(functools.partial(_relay_ack, ack, topic))
+        return ack
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(await self._producer.partitions_for(topic))
+
+
+def _relay_ack(ack: asyncio.Future[RecordMetadata], topic: str, sent: asyncio.Future[Any]) -> None:
+    """Pass aiokafka's acknowledgement on, with the broker's size refusal in our terms."""
+    if sent.cancelled():
+        ack.cancel()
+        return
+    error = sent.exception()  # also marks aiokafka's error as seen
+    if ack.done():
+        return
+    if error is None:
+        ack.set_result(sent.result())
+    elif isinstance(error, MessageSizeTooLargeError):
+        refused = MessageTooLargeError(
+            f"the broker refused a record for {topic} as larger than the topic's "
+            "max.message.bytes; nothing was stored"
+        )
+        refused.__cause__ = error
+        ack.set_exception(refused)
+    else:
+        ack.set_exception(error)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import struct
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -129,7 +130,7 @@ class _TolerantBatch:
         try:
             yield from self._batch
         except PARSE_ERRORS as exc:
-            _admit_unreadable(self._source.owner)
+            _admit_unreadable(self._source.owner())
             # aiokafka's loop skips the records it already took (their offsets lie
             # below its next fetch offset), so the whole batch is parsed again.
             yield from parse_batch_leniently(bytes(self._data), exc)
@@ -144,7 +145,9 @@ class _SlicingMemoryRecords:
         self._data = memoryview(data)
         self._pos = 0
         self._records = _ORIGINAL_MEMORY_RECORDS(data)
-        self.owner: Any = None
+        # The PartitionRecords reading these batches; weak, so no reference cycle
+        # keeps a fetch response alive until the cyclic garbage collector runs.
+        self.owner: Callable[[], Any] = _nobody
 
     def size_in_bytes(self) -> int:
         return len(self._data)
@@ -175,8 +178,12 @@ def _memory_records(data: bytes) -> Any:
 def _partition_records(tp: Any, records: Any, *args: Any) -> Any:
     partition_records = _ORIGINAL_PARTITION_RECORDS(tp, records, *args)
     if isinstance(records, _SlicingMemoryRecords):
-        records.owner = partition_records
+        records.owner = weakref.ref(partition_records)
     return partition_records
+
+
+def _nobody() -> None:
+    return None
 
 
 def _admit_unreadable(partition_records: Any) -> None:
