@@ -64,10 +64,21 @@ async def test_a_lost_claim_is_claimed_again_and_another_workers_run_is_respecte
     await ours.redis_client.delete(ours.key_for("e2"))  # our claim expired while queued
     assert await theirs.claim("e2") is ClaimResult.CLAIMED  # another worker took it
     calls: list[str] = []
+    answers: list[ClaimResult] = []
+    claim = ours.claim
+
+    async def counted_claim(event_id: str) -> ClaimResult:
+        answers.append(await claim(event_id))
+        return answers[-1]
+
+    ours.claim = counted_claim  # type: ignore[method-assign]
     task = asyncio.create_task(
         _layer(ours, calls).process_message(_message("e2", 0.0), ClaimResult.CLAIMED)
     )
-    await asyncio.sleep(0.2)
+    deadline = asyncio.get_running_loop().time() + 10
+    while answers.count(ClaimResult.IN_PROGRESS) < 2:  # it asks again and again
+        assert asyncio.get_running_loop().time() < deadline, answers
+        await asyncio.sleep(0.01)
     assert calls == [] and not task.done()  # waits for the other worker
     await theirs.mark_done("e2")
     assert await asyncio.wait_for(task, 10) is MessageOutcome.DUPLICATE
