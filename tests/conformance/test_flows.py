@@ -18,6 +18,8 @@ import orjson
 import pytest
 
 from core.config.settings import Settings
+from core.streaming.dead_letters import read_dead_letters, replay_dead_letters
+from core.streaming.errors import PermanentError
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
@@ -130,3 +132,45 @@ async def test_outputs_are_enveloped_and_carry_the_chain_of_their_cause(backend:
     headers = dict(record.headers)
     assert headers["event-id"] == out["id"].encode()
     assert headers["correlation-id"] == b"c-9"
+
+
+async def test_null_header_values_and_a_100_kb_key_survive_a_dead_letter_and_its_replay(
+    backend: Backend,
+) -> None:
+    source = await backend.topic(partitions=1)
+    big_key = bytes(range(256)) * 400
+    headers = [("n", None), ("bin", b"\xff\x00")]
+    envelope = {"id": "e-1", "type": "t", "source": "x", "data": {"n": 1}}
+    raw = await backend.started_producer()
+    await (await raw.send(source, orjson.dumps(envelope), key=big_key, headers=headers))
+    failed = asyncio.Event()
+
+    async def handle(event: dict[str, Any]) -> None:
+        failed.set()
+        raise PermanentError("not today")
+
+    group = backend.name_for("group")
+    service = (
+        StreamServiceBuilder("picky", settings=settings_of(backend))
+        .add_consumer_handler([source], group, handle)
+        .build()
+    )
+    await service.start()
+    try:
+        await asyncio.wait_for(failed.wait(), backend.timeout_s)
+        await wait_until(
+            lambda: service.flows[0].layer.outcomes["dead_lettered"] == 1, 30, "dead letter"
+        )
+    finally:
+        await service.stop()
+
+    [letter] = await read_dead_letters(backend.settings, f"{source}.dlq")
+    assert letter.key == big_key and orjson.loads(letter.value or b"") == envelope
+    assert list(letter.headers[:2]) == [("n", None), ("bin", b"\xff\x00")]
+    assert letter.header("n") is None and letter.decoded_headers()["n"] == ""
+    assert letter.error_type.endswith("PermanentError")
+
+    [ack] = await replay_dead_letters(backend.settings, [letter])
+    consumer = await backend.started_consumer([source], backend.name_for("reader"))
+    replayed = [r for r in await backend.drain(consumer, 2) if r.offset == ack.offset]
+    assert [(r.key, dict(r.headers)["n"]) for r in replayed] == [(big_key, None)]
