@@ -3,15 +3,13 @@
 aiokafka's own refusals are translated to the framework's errors, the ones the
 embedded broker raises: an empty record, a partition out of range (a bare
 ``AssertionError`` in aiokafka), an unknown topic, and a record the broker finds
-too large, which arrives on the acknowledgement.
+too large, which arrives on the acknowledgement (see ``core.streaming.kafka.acks``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTopicError as KafkaInvalidTopicError
@@ -25,9 +23,12 @@ from core.streaming.errors import (
     MessageTooLargeError,
     UnknownTopicOrPartitionError,
 )
+from core.streaming.kafka import acks
 from core.streaming.kafka.connection import connection_kwargs
 from core.streaming.types import Headers, RecordMetadata
 from core.topic_names import validate_topic_name
+
+acks.install()
 
 
 class KafkaProducerClient:
@@ -55,6 +56,7 @@ class KafkaProducerClient:
             **connection_kwargs(config),
         )
         self._max_request_size = max_request_size
+        self._topics: set[str] = set()  # names already found legal
         self._started = False
         self._stopped = False
 
@@ -63,7 +65,9 @@ class KafkaProducerClient:
             raise ClientClosedError("a stopped producer cannot be restarted")
         if self._started:
             return
-        await self._producer.start()
+        # The sender task starts here and keeps this context: refusals are translated.
+        with acks.translated_refusals():
+            await self._producer.start()
         self._started = True
 
     async def stop(self) -> None:
@@ -87,7 +91,8 @@ class KafkaProducerClient:
     ) -> Awaitable[RecordMetadata]:
         if self._stopped or not self._started:
             raise ClientClosedError("producer is not running")
-        validate_topic_name(topic)
+        if topic not in self._topics:
+            self._topics.add(validate_topic_name(topic))
         if key is None and value is None:
             raise EmptyRecordError(f"record for {topic} has neither key nor value; not sent")
         try:
@@ -113,30 +118,8 @@ class KafkaProducerClient:
             raise UnknownTopicOrPartitionError(
                 f"topic {topic!r} has no partition {partition}; nothing was sent"
             ) from exc
-        ack: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        sent.add_done_callback(functools.partial(_relay_ack, ack, topic))
-        return ack
+        return sent
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(await self._producer.partitions_for(topic))
 
-
-def _relay_ack(ack: asyncio.Future[RecordMetadata], topic: str, sent: asyncio.Future[Any]) -> None:
-    """Pass aiokafka's acknowledgement on, with the broker's size refusal in our terms."""
-    if sent.cancelled():
-        ack.cancel()
-        return
-    error = sent.exception()  # also marks aiokafka's error as seen
-    if ack.done():
-        return
-    if error is None:
-        ack.set_result(sent.result())
-    elif isinstance(error, MessageSizeTooLargeError):
-        refused = MessageTooLargeError(
-            f"the broker refused a record for {topic} as larger than the topic's "
-            "max.message.bytes; nothing was stored"
-        )
-        refused.__cause__ = error
-        ack.set_exception(refused)
-    else:
-        ack.set_exception(error)
