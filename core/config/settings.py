@@ -55,6 +55,10 @@ class RedpandaSettings(BaseModel):
     topic_partitions: int = Field(default=3, gt=0)
     topic_replication_factor: int = Field(default=1, gt=0)
     embedded_retention_records: int | None = Field(default=100_000, gt=0)
+    session_timeout_ms: int = Field(default=10_000, gt=0)
+    heartbeat_interval_ms: int = Field(default=3_000, gt=0)
+    max_poll_interval_ms: int = Field(default=300_000, gt=0)
+    rebalance_timeout_ms: int = Field(default=30_000, gt=0)
 
     @field_validator("security_protocol", "sasl_mechanism", mode="before")
     @classmethod
@@ -93,6 +97,23 @@ class RedpandaSettings(BaseModel):
             if missing:
                 raise ValueError(
                     f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_group_timeouts(self) -> RedpandaSettings:
+        # A member heartbeats several times per session, and neither a slow poll nor a
+        # rebalance may be cut shorter than a member's session.
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a "
+                f"third of session_timeout_ms ({self.session_timeout_ms})"
+            )
+        for name in ("max_poll_interval_ms", "rebalance_timeout_ms"):
+            if getattr(self, name) < self.session_timeout_ms:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must not be below session_timeout_ms "
+                    f"({self.session_timeout_ms})"
                 )
         return self
 

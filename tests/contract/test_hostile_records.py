@@ -47,8 +47,6 @@ async def test_a_record_whose_dead_letter_cannot_fit_is_dead_lettered_as_a_refer
 
 
 async def test_null_header_values_and_huge_keys_pass_through(backend: Backend) -> None:
-    if backend.name == "memory":
-        pytest.xfail("the embedded broker refuses null header values yet")
     source = await backend.create_topic("in")
     seen: list[int] = []
 
@@ -68,3 +66,37 @@ async def test_null_header_values_and_huge_keys_pass_through(backend: Backend) -
     assert seen == [1]
     assert len(dead) == 1 and dead[0].key == huge_key
     assert (dead[0].error_type or "").endswith(".DecodeError")
+
+
+@pytest.mark.kafka
+async def test_a_record_the_client_cannot_read_is_dead_lettered_as_a_reference(
+    backend: Backend,
+) -> None:
+    """A header key that is not UTF-8 (written by another client) on real Kafka."""
+    if backend.name != "kafka":
+        pytest.skip("only a real broker stores what aiokafka cannot read")
+    from tests.raw_batches import produce_raw, raw_batch
+
+    BAD_HEADER_KEY = b"\xff\xfe bad header key"
+    source = await backend.create_topic("in")
+    handled: list[int] = []
+
+    async def handle(event: dict[str, Any]) -> None:
+        handled.append(event["data"]["n"])
+
+    harness = backend.harness
+    orchestrator = service(backend.settings, handle, topics=[source], group=backend.topic("g"))
+    async with harness.running(orchestrator):
+        await harness.publish(source, {"n": 1}, key="k")
+        bootstrap = backend.settings.redpanda.bootstrap_servers
+        poison = raw_batch([(b"k", b"{}", [(BAD_HEADER_KEY, b"x")])])
+        await produce_raw(bootstrap, source, 0, poison)
+        await harness.publish(source, {"n": 2}, key="k")
+        await harness.wait_idle(timeout_s=60)
+        health = await orchestrator.health()
+    dead = await harness.read_dead_letters(source)
+    assert handled == [1, 2]
+    assert len(dead) == 1 and dead[0].headers["dlq.reference"] == "true"
+    assert dead[0].headers["dlq.original.offset"] == "1"
+    assert "UTF-8" in (dead[0].headers["dlq.exception.message"] or "")
+    assert health["ready"]

@@ -10,8 +10,6 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
-import pytest
-
 from core.streaming.clients import ProducerClient, create_producer
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
@@ -22,8 +20,6 @@ from tests.contract.helpers import service
 
 
 async def test_an_enqueued_output_refused_at_its_ack_fails_the_input(backend: Backend) -> None:
-    if backend.name == "memory":
-        pytest.xfail("the embedded broker does not enforce max.message.bytes yet")
     source = await backend.create_topic("in")
     out = await backend.create_topic("out", configs={"max.message.bytes": "2000"})
     attempts: dict[int, int] = {}
@@ -48,8 +44,9 @@ async def test_an_enqueued_output_refused_at_its_ack_fails_the_input(backend: Ba
     dead = await harness.read_dead_letters(source)
     assert outputs == [1, 3], "the other inputs' outputs arrive, the refused one never"
     assert len(dead) == 1 and b'"n":2' in (dead[0].value or b"")
-    assert (dead[0].error_type or "").endswith("TooLargeError")
-    assert attempts[2] == 1, "a record the broker refuses for its size is not retried"
+    assert (dead[0].error_type or "").endswith("OutputFailedError")
+    assert "TooLarge" in (dead[0].headers["dlq.exception.message"] or "")
+    assert attempts[2] == 3, "a failed output is retried, then dead-lettered"
 
 
 class _FlakyAcks:

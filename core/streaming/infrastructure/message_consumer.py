@@ -13,10 +13,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import replace
 
 from core.config.settings import RedpandaSettings
-from core.streaming.clients import ConsumerClient, create_consumer
+from core.streaming.clients import ConsumerClient, ConsumerOptions, create_consumer
 from core.streaming.errors import ClientClosedError
 from core.streaming.infrastructure.closing import bounded_close
 from core.streaming.infrastructure.consumed_message import ConsumedMessage, decode_record
@@ -27,18 +27,6 @@ logger = logging.getLogger(__name__)
 
 RevocationHook = Callable[[set[TopicPartition]], Awaitable[None]]
 CommitListener = Callable[[dict[TopicPartition, int]], None]
-
-
-def group_generation(client: ConsumerClient) -> int:
-    """The group generation of a client's current assignment (-1 when unknown)."""
-    value = getattr(client, "generation", None)
-    if isinstance(value, int):
-        return value
-    coordinator = getattr(getattr(client, "_consumer", None), "_coordinator", None)
-    for found in (getattr(coordinator, "generation", None), getattr(client, "_generation", None)):
-        if isinstance(found, int):
-            return found
-    return -1
 
 
 class MessageConsumer:
@@ -56,7 +44,7 @@ class MessageConsumer:
         fetch_timeout_ms: int = 100,
         commit_timeout_s: float = 10.0,
         client_factory: Callable[..., ConsumerClient] | None = None,
-        client_options: Mapping[str, Any] | None = None,
+        options: ConsumerOptions | None = None,
     ) -> None:
         self.config = config
         self.topics = list(topics)
@@ -66,7 +54,7 @@ class MessageConsumer:
         self.max_poll_records = max_poll_records
         self.fetch_timeout_ms = fetch_timeout_ms
         self.commit_timeout_s = commit_timeout_s
-        self.client_options = dict(client_options or {})
+        self.options = options or ConsumerOptions()
         self._client_factory = client_factory or create_consumer
         self._client: ConsumerClient | None = None
         self._running = False
@@ -105,10 +93,12 @@ class MessageConsumer:
             self.config,
             self.topics,
             self.group_id,
+            replace(
+                self.options,
+                auto_offset_reset=self.auto_offset_reset,
+                max_poll_records=self.max_poll_records,
+            ),
             listener=self,
-            auto_offset_reset=self.auto_offset_reset,
-            max_poll_records=self.max_poll_records,
-            **self.client_options,
         )
         await client.start()
         self._client = client
@@ -357,7 +347,7 @@ class MessageConsumer:
         """Start fresh bookkeeping for newly assigned partitions (kept ones keep theirs)."""
         self._joined = True
         self._epoch += 1
-        generation = group_generation(self._client) if self._client is not None else -1
+        generation = self._client.generation if self._client is not None else -1
         for tp in assigned:
             if tp not in self._offsets:
                 self._offsets[tp] = PartitionOffsets(self._epoch)

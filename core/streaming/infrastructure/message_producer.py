@@ -288,7 +288,7 @@ class MessageProducer:
     ) -> PendingSend:
         client = await self._ready_client()
         envelope = self.build_envelope(data, event_type, correlation_id, causation_id, event_id)
-        all_headers = self.envelope_headers(envelope)
+        all_headers: list[tuple[str, bytes | None]] = list(self.envelope_headers(envelope))
         if headers:
             all_headers.extend(headers)
         ack = await client.send(

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from core.streaming.errors import OutputFailedError
 from core.streaming.infrastructure.consumed_message import (
     FINAL_OUTCOMES,
     ConsumedMessage,
@@ -203,14 +204,15 @@ class Checkpoint:
                     window = [m for m in window if id(m) not in unmarked]
         return window
 
-    def _output_failed(self, message: ConsumedMessage, error: BaseException) -> None:
+    def _output_failed(self, message: ConsumedMessage, cause: BaseException) -> None:
+        error = OutputFailedError.of(cause)
         message.outcome, message.error = Outcome.FAILED, error
         logger.warning(
             "a send of %s failed after its handler returned (%s: %s); the message is "
             "retried, not committed",
             message.location(),
-            type(error).__name__,
-            error,
+            type(cause).__name__,
+            cause,
         )
         self.sensor.on_recovered(message)
         if self.recover is not None:

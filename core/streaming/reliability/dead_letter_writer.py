@@ -114,7 +114,7 @@ def dead_letter_headers(
     failed_at: datetime | None = None,
     compact: bool = False,
     reference: bool = False,
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, bytes | None]]:
     """The headers of a dead letter: the original ones, then the ``dlq.*`` ones.
 
     ``compact`` leaves the traceback empty and shortens the message to

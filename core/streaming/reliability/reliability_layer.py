@@ -13,11 +13,13 @@ one-message entry point.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.streaming.correlation import CorrelationStep
+from core.streaming.errors import OutputFailedError
 from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
 from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.infrastructure.message_producer import MessageProducer
@@ -126,6 +128,7 @@ class ReliabilityLayer:
         self._chain = compose(self.steps, self.invoker)
         self._retry_chain = compose(self.user_steps, self.invoker)
         self._revoked: Callable[[ConsumedMessage], bool] = lambda message: False
+        self._recovery_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -173,11 +176,26 @@ class ReliabilityLayer:
         return raw_message.outcome
 
     async def recover(self, message: ConsumedMessage, error: BaseException) -> None:
-        """Settle a handled message whose outputs failed: retry it, then dead-letter it."""
-        message.outcome, message.error = Outcome.FAILED, error
-        await self.error_handler.settle(message, self._retry_chain)
-        if message.outcome is Outcome.DEAD_LETTERED and self.dedup_step is not None:
-            await self.dedup_step.release([message])
+        """Settle a handled message whose outputs failed: retry it, then dead-letter it.
+
+        Recoveries run one at a time and each waits for its own outputs, so a
+        record the broker refuses is retried alone and cannot drag the sends of
+        other messages into its failed batch again.
+        """
+        async with self._recovery_lock:
+            message.outcome, message.error = Outcome.FAILED, error
+            while True:
+                await self.error_handler.settle(message, self._retry_chain)
+                if message.outcome is not Outcome.HANDLED or not message.outputs:
+                    break
+                results = await asyncio.gather(*message.outputs, return_exceptions=True)
+                message.outputs = None
+                failure = next((r for r in results if isinstance(r, BaseException)), None)
+                if failure is None:
+                    break
+                message.outcome, message.error = Outcome.FAILED, OutputFailedError.of(failure)
+            if message.outcome is Outcome.DEAD_LETTERED and self.dedup_step is not None:
+                await self.dedup_step.release([message])
 
     def health(self) -> dict[str, Any]:
         """Counters and the state of dedup and dead letters."""
