@@ -262,14 +262,32 @@ class Settings(BaseSettings):
             if unknown:
                 continue
             try:
-                ReliabilitySettings.model_validate(self.reliability.model_dump() | overrides)
+                merged = ReliabilitySettings.model_validate(
+                    self.reliability.model_dump() | overrides
+                )
             except ValidationError as exc:
                 for err in exc.errors(include_input=False, include_url=False):
                     field = ENV_NESTED_DELIMITER.join(str(p) for p in err["loc"]).upper()
                     problems.append(f"{prefix}{field}: {err['msg']}")
+                continue
+            problems.extend(self._revocation_problems(merged, f"{prefix}REVOCATION_TIMEOUT_S"))
+        base = f"{ENV_PREFIX}RELIABILITY{ENV_NESTED_DELIMITER}REVOCATION_TIMEOUT_S"
+        problems.extend(self._revocation_problems(self.reliability, base))
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _revocation_problems(self, rel: ReliabilitySettings, variable: str) -> list[str]:
+        """The revocation wait must end well before the group gives up on the member."""
+        limit_s = self.redpanda.rebalance_timeout_ms / 2000
+        if rel.revocation_timeout_s <= limit_s:
+            return []
+        return [
+            f"{variable}: {rel.revocation_timeout_s:g} s must be at most half of "
+            f"{ENV_PREFIX}REDPANDA{ENV_NESTED_DELIMITER}REBALANCE_TIMEOUT_MS "
+            f"({self.redpanda.rebalance_timeout_ms} ms), so finished messages are committed "
+            "before the group moves on"
+        ]
 
     def _overrides_of(self, service_name: str) -> dict[str, Any]:
         wanted = _service_key(service_name)

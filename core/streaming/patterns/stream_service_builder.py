@@ -239,6 +239,12 @@ class StreamServiceBuilder:
         topics: list[str] = []
         for spec in self._flows:
             flow_rel = self._flow_settings(spec, rel)
+            if flow_rel.revocation_timeout_s * 2000 > self.config.rebalance_timeout_ms:
+                raise ValueError(
+                    f"flow {spec.group_id}: revocation_timeout_s "
+                    f"({flow_rel.revocation_timeout_s:g} s) must be at most half of the "
+                    f"consumer's rebalance_timeout_ms ({self.config.rebalance_timeout_ms} ms)"
+                )
             consumer = MessageConsumer(
                 self.config,
                 spec.topics,
