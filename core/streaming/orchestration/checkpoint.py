@@ -158,7 +158,8 @@ class Checkpoint:
             except Exception as exc:
                 self._fail(exc)
                 return False
-            self.last_error = None
+            if not self._window:
+                self.last_error = None
             self.sensor.on_commit(offsets, time.monotonic() - started)
             return True
 
@@ -178,7 +179,10 @@ class Checkpoint:
         with_outputs = [m for m in window if m.outputs]
         if with_outputs:
             acks = [(m, ack) for m in with_outputs for ack in m.outputs or ()]
-            results = await asyncio.gather(*(ack for _, ack in acks), return_exceptions=True)
+            # Shielded: a checkpoint cut short by its timeout must not cancel the sends.
+            results = await asyncio.gather(
+                *(asyncio.shield(ack) for _, ack in acks), return_exceptions=True
+            )
             failed: dict[int, BaseException] = {}
             for (message, _), result in zip(acks, results, strict=True):
                 if isinstance(result, BaseException):

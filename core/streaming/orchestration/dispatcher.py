@@ -207,10 +207,11 @@ class Dispatcher:
                 dropped.extend(lane.queue)
                 lane.queue.clear()
                 continue
-            keep: deque[ConsumedMessage] = deque()
+            keep: list[ConsumedMessage] = []
             for message in lane.queue:
                 (dropped if message.topic_partition in partitions else keep).append(message)
-            lane.queue = keep
+            lane.queue.clear()  # in place: the worker holds this deque
+            lane.queue.extend(keep)
         if dropped:
             self._left(dropped)
         return dropped

@@ -188,7 +188,9 @@ class ReliabilityLayer:
                 await self.error_handler.settle(message, self._retry_chain)
                 if message.outcome is not Outcome.HANDLED or not message.outputs:
                     break
-                results = await asyncio.gather(*message.outputs, return_exceptions=True)
+                results = await asyncio.gather(
+                    *(asyncio.shield(ack) for ack in message.outputs), return_exceptions=True
+                )
                 message.outputs = None
                 failure = next((r for r in results if isinstance(r, BaseException)), None)
                 if failure is None:
