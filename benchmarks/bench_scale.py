@@ -194,7 +194,7 @@ async def rebalance(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     def longest(start: float, end: float) -> float:
         return max(_max_gap(times, start, end) for times in per_partition)
 
-    out: dict[str, Any] = {"baseline_max_gap_s": longest(quiet, quiet + 10)}
+    out: dict[str, Any] = {"topic": topic, "baseline_max_gap_s": longest(quiet, quiet + 10)}
     for kind, at, name in events:
         entry = {"max_gap_s": longest(at, at + 20)}
         if kind == "join":
@@ -245,6 +245,12 @@ async def main() -> None:
         for c in counts:  # interleaved, so drift in machine load hits every count alike
             runs[c].append(await throughput(args, topic, c, base))
     rebalances = [await rebalance(args, base) for _ in range(args.rebalance_repeat)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=args.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic, *(r["topic"] for r in rebalances)])
+    finally:
+        await admin.close()
 
     print(
         f"throughput ({args.messages} messages, {args.partitions} partitions, repeat {args.repeat})"

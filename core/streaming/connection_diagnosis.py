@@ -11,8 +11,8 @@ connection per bootstrap server with the same settings. A plaintext client on a
 TLS port and a TLS client on a plaintext port both look like a closed
 connection; a second probe tells them apart from a broker that is merely down.
 
-This module is an adapter: with the client makers it is the only code that
-imports aiokafka and redis.
+The client libraries' error classes and the Kafka probe come from the
+adapters (``core.streaming.kafka.diagnosis``, ``core.streaming.redis_client``).
 """
 
 from __future__ import annotations
@@ -23,36 +23,14 @@ import os
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-from aiokafka import errors as kafka_errors
-from aiokafka.conn import create_conn
-from aiokafka.helpers import create_ssl_context
-from redis import exceptions as redis_errors
 
 from core.config.settings import RedisSettings, RedpandaSettings
+from core.streaming.kafka.diagnosis import KAFKA_AUTH_ERRORS, KAFKA_DENIED_ERRORS, connect_error
 from core.streaming.logging_setup import redact
+from core.streaming.redis_client import REDIS_AUTH_ERRORS
 
 _PROBE_TIMEOUT_S = 3.0
 
-_KAFKA_AUTH = (
-    kafka_errors.SaslAuthenticationFailed,
-    kafka_errors.AuthenticationFailedError,
-    kafka_errors.AuthenticationMethodNotSupported,
-    kafka_errors.UnsupportedSaslMechanismError,
-    kafka_errors.IllegalSaslStateError,
-)
-_KAFKA_DENIED = (
-    kafka_errors.ClusterAuthorizationFailedError,
-    kafka_errors.TopicAuthorizationFailedError,
-    kafka_errors.GroupAuthorizationFailedError,
-)
-_REDIS_AUTH = (
-    redis_errors.AuthenticationError,
-    redis_errors.AuthenticationWrongNumberOfArgsError,
-    redis_errors.AuthorizationError,
-    redis_errors.NoPermissionError,
-)
 _FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -83,9 +61,9 @@ def _text(exc: BaseException) -> str:
 def classify(exc: BaseException, *, tls_hint: str = "the CA file setting") -> Diagnosis:
     """Diagnose ``exc`` (and its causes) without touching the network."""
     for err in _chain(exc):
-        if isinstance(err, (*_KAFKA_AUTH, *_REDIS_AUTH)):
+        if isinstance(err, (*KAFKA_AUTH_ERRORS, *REDIS_AUTH_ERRORS)):
             return Diagnosis(True, f"authentication failed ({_text(err)})")
-        if isinstance(err, _KAFKA_DENIED):
+        if isinstance(err, KAFKA_DENIED_ERRORS):
             return Diagnosis(True, f"not authorized ({_text(err)})")
         if isinstance(err, ssl.SSLCertVerificationError):
             reason = err.verify_message or str(err)
@@ -165,33 +143,6 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _kafka_security(cfg: RedpandaSettings) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"security_protocol": cfg.security_protocol}
-    if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = create_ssl_context(
-            cafile=cfg.ssl_cafile, certfile=cfg.ssl_certfile, keyfile=cfg.ssl_keyfile
-        )
-    if cfg.security_protocol.startswith("SASL"):
-        kwargs["sasl_mechanism"] = cfg.sasl_mechanism
-        kwargs["sasl_plain_username"] = cfg.sasl_username
-        kwargs["sasl_plain_password"] = (
-            cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
-        )
-    return kwargs
-
-
-async def _kafka_conn_error(host: str, port: int, kwargs: dict[str, Any]) -> BaseException | None:
-    try:
-        conn = await asyncio.wait_for(
-            create_conn(host, port, request_timeout_ms=int(_PROBE_TIMEOUT_S * 1000), **kwargs),
-            _PROBE_TIMEOUT_S + 1,
-        )
-    except Exception as exc:
-        return exc
-    conn.close()
-    return None
-
-
 async def diagnose_kafka(cfg: RedpandaSettings, exc: BaseException) -> Diagnosis:
     """Why the broker connection failed: from ``exc``, or by probing each server."""
     hint = "TRADESTREAM_REDPANDA__SSL_CAFILE"
@@ -202,7 +153,7 @@ async def diagnose_kafka(cfg: RedpandaSettings, exc: BaseException) -> Diagnosis
     for address in cfg.bootstrap_list:
         host, port = _host_port(address)
         try:
-            error = await _kafka_conn_error(host, port, _kafka_security(cfg))
+            error = await connect_error(host, port, cfg, _PROBE_TIMEOUT_S)
         except _FILE_ERRORS as file_error:
             return classify(file_error)
         if error is None:
@@ -221,8 +172,7 @@ async def diagnose_kafka(cfg: RedpandaSettings, exc: BaseException) -> Diagnosis
                 f"{address} expects TLS, but SECURITY_PROTOCOL is {cfg.security_protocol} "
                 "(use SSL or SASL_SSL)",
             )
-        plain = {"security_protocol": "PLAINTEXT"}
-        if uses_tls and await _kafka_conn_error(host, port, plain) is None:
+        if uses_tls and await connect_error(host, port, None, _PROBE_TIMEOUT_S) is None:
             return Diagnosis(
                 True,
                 f"{address} is a plaintext listener, but SECURITY_PROTOCOL is "

@@ -54,7 +54,7 @@ class DeadLetterRecord:
         found = None
         for key, value in self.headers:
             if key == name:
-                found = value.decode("utf-8", "replace")
+                found = None if value is None else value.decode("utf-8", "replace")
         return found
 
     @property
@@ -92,7 +92,7 @@ class DeadLetterRecord:
 
     def decoded_headers(self) -> dict[str, str]:
         """Every header, decoded."""
-        return {key: value.decode("utf-8", "replace") for key, value in self.headers}
+        return {k: "" if v is None else v.decode("utf-8", "replace") for k, v in self.headers}
 
     def payload_text(self, limit: int = 4_000) -> str:
         """The value as indented JSON when it is JSON, else an escaped byte string."""
@@ -104,7 +104,7 @@ class DeadLetterRecord:
             text = repr(self.value)
         return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
-    def replay_headers(self) -> list[tuple[str, bytes]]:
+    def replay_headers(self) -> list[tuple[str, bytes | None]]:
         """Original headers without ``dlq.*``, plus where the replay came from."""
         kept = [(k, v) for k, v in self.headers if not k.startswith(_DLQ_PREFIX)]
         kept.append(

@@ -11,7 +11,7 @@ import contextlib
 from uuid import uuid4
 
 from core.config.settings import RedpandaSettings
-from core.streaming.clients import ConsumerClient, create_consumer
+from core.streaming.clients import ConsumerClient, ConsumerOptions, create_consumer
 from core.streaming.types import FetchedRecord, TopicPartition
 
 
@@ -31,7 +31,7 @@ async def read_topic(
     when the end is not reached within ``timeout_s``.
     """
     consumer = create_consumer(
-        config, [topic], f"tradestream-reader-{uuid4().hex[:10]}", auto_offset_reset="earliest"
+        config, [topic], f"tradestream-reader-{uuid4().hex[:10]}", ConsumerOptions("earliest")
     )
     await consumer.start()
     records: list[FetchedRecord] = []

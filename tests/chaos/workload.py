@@ -20,8 +20,7 @@ Environment: ``CHAOS_RUN_DIR`` (logs), ``CHAOS_INPUT``, ``CHAOS_OUTPUT``,
 ``CHAOS_GROUP``, ``CHAOS_HANDLER_MS`` (default 5), ``CHAOS_DEDUP`` (``0``
 turns dedup off), ``CHAOS_EFFECTS`` (``0``: no side-effect log; an empty
 ``CHAOS_OUTPUT``: no output event; both for throughput runs). A
-``redis+cluster://`` Redis URL puts dedup on the Redis Cluster
-(``ClusterDedupStore``).
+``redis+cluster://`` Redis URL puts dedup on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -91,18 +90,9 @@ def build(name: str) -> tuple[ServiceOrchestrator, SideEffectLog]:
     )
     if sink:
         builder.add_producer(topics=[sink])
-    cluster = None
     if os.environ.get("CHAOS_DEDUP", "1") == "1":
-        if settings.redis.is_cluster:
-            from core.streaming.reliability.cluster_dedup_store import cluster_client
-
-            cluster = cluster_client(settings.redis)
-        builder.with_redis(cluster)  # type: ignore[arg-type]
+        builder.with_redis()
     service = builder.build()
-    if cluster is not None:
-        from tests.cluster.cluster_dedup import use_cluster_dedup
-
-        use_cluster_dedup(service, cluster)
     return service, effects
 
 
@@ -113,7 +103,7 @@ async def main(name: str) -> int:
 
     async def announce() -> None:
         while True:
-            if await service.is_ready():
+            if (await service.health())["ready"]:
                 break
             await asyncio.sleep(0.1)
         fd = os.open(ready, os.O_WRONLY | os.O_CREAT, 0o644)

@@ -1,7 +1,9 @@
-"""Dedup on a real 3-master Redis Cluster: batches across slots, races, MOVED/ASK, failover.
+"""Dedup on a real 3-master Redis Cluster: the manager's claims, races, MOVED/ASK, failover.
 
-The store (``ClusterDedupStore``) is driven directly, then a service flow runs
-on it (through ``use_cluster_dedup``) and skips a duplicate delivery.
+``DeduplicationManager`` on a ``redis+cluster://`` client uses the cluster store
+(``core.streaming.redis_dedup.ClusterDedupStore``); the tests drive the manager
+as the flows do, the store where a slot migration needs key-level control, and
+then a whole service selected by its Redis URL.
 """
 
 from __future__ import annotations
@@ -18,18 +20,17 @@ from pydantic import SecretStr
 from redis.asyncio.cluster import RedisCluster
 
 from core.config.settings import RedisSettings
-from core.streaming.reliability.cluster_dedup_store import (
-    ClusterDedupStore,
-    ClusterStoreUnavailable,
-    cluster_client,
-)
+from core.streaming.clients import create_redis
+from core.streaming.redis_dedup import ClusterDedupStore, ClusterStoreUnavailable
+from core.streaming.reliability.deduplication_manager import ClaimResult, DeduplicationManager
 from tests.cluster.conftest import RedisClusterInfra
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 
 async def _client(infra: RedisClusterInfra) -> RedisCluster:
-    client = cluster_client(RedisSettings(url=SecretStr(infra.url), socket_timeout_s=1.0))
+    client = create_redis(RedisSettings(url=SecretStr(infra.url), socket_timeout_s=1.0))
+    assert isinstance(client, RedisCluster)
     await client.initialize()
     return client
 
@@ -39,45 +40,79 @@ def _ids(n: int) -> list[str]:
     return [f"{base}-{i}" for i in range(n)]
 
 
-async def test_a_batch_spans_every_master_with_one_script_call_per_shard(
+def _manager(client: RedisCluster, **kwargs: Any) -> DeduplicationManager:
+    return DeduplicationManager(client, "svc", consumer_group="grp", **kwargs)  # type: ignore[arg-type]
+
+
+async def test_manager_claims_complete_and_release_across_every_master(
     redis_cluster: RedisClusterInfra,
 ) -> None:
     client = await _client(redis_cluster)
     try:
-        store = ClusterDedupStore(client, "svc", "grp", shards=32)
+        first, second = _manager(client), _manager(client)
         ids = _ids(500)
-        nodes = Counter(client.get_node_from_key(store.key_for(i)).port for i in ids)
-        assert len(nodes) == 3, nodes  # the shards spread over all three masters
-        for shard in range(32):
-            keys = [store.key_for(i) for i in ids if store.shard_of(i) == shard]
-            assert len({client.keyslot(k) for k in keys}) == 1  # one slot per shard
+        store = first._store
+        assert isinstance(store, ClusterDedupStore)
+        nodes = Counter(client.get_node_from_key(first.key_for(i)).port for i in ids)
+        assert len(nodes) == 3, nodes  # one batch spreads over all three masters
+        for shard in range(store.shards):
+            keys = [first.key_for(i) for i in ids if store.shard_of(i) == shard]
+            assert len({client.keyslot(k) for k in keys}) <= 1  # one slot per shard
 
-        claimed = await store.claim(ids, "processing:a", 30_000)
-        assert len(claimed) == 500 and {r.flag for r in claimed.values()} == {"C"}
-        await store.mark_done(ids[:200], 60_000)
-        again = await store.claim(ids, "processing:b", 30_000)
-        assert {again[i].flag for i in ids[:200]} == {"D"}
-        assert all(50_000 < again[i].pttl <= 60_000 for i in ids[:200])
-        assert {again[i].flag for i in ids[200:]} == {"P"}
-        renewed = await store.refresh(ids[190:210], "processing:a", 45_000)
-        assert [renewed[i] for i in ids[190:210]] == [False] * 10 + [True] * 10
-        assert await store.release(ids, "processing:b") == 0  # never someone else's claim
-        assert await store.release(ids, "processing:a") == 300  # never a done record
-        assert await store.peek(ids[0]) == ("done", pytest.approx(60_000, abs=10_000))
-        assert (await store.peek(ids[300]))[0] is None
+        claimed = await first.claim_batch(ids, partition="t:0", generation=1)
+        assert {r for r, _ in claimed} == {ClaimResult.CLAIMED}
+        assert (
+            await second.claim_batch(ids[:5], partition="t:0", generation=1)
+            == [(ClaimResult.IN_PROGRESS, None)] * 5
+        )
+        assert [r for r, _ in await first.claim_batch(ids[:3], partition="t:0")] == [
+            ClaimResult.HELD_HERE
+        ] * 3
+
+        await first.mark_done_many(ids[:200])
+        seen = await second.claim_batch(ids, partition="t:0", generation=1)
+        assert {r for r, _ in seen[:200]} == {ClaimResult.DUPLICATE}
+        assert {r for r, _ in seen[200:]} == {ClaimResult.IN_PROGRESS}
+
+        held = [(i, t) for i, (_, t) in zip(ids[190:210], claimed[190:210], strict=True)]
+        assert held[0][1] is not None
+        assert await first.renew(held) == [False] * 10 + [True] * 10  # done ones are not ours
+        await first.release_claims([(i, t) for i, (_, t) in zip(ids, claimed, strict=True)])
+        after = await second.claim_batch(ids, partition="t:0", generation=1)
+        assert {r for r, _ in after[:200]} == {ClaimResult.DUPLICATE}  # done kept
+        assert {r for r, _ in after[200:]} == {ClaimResult.CLAIMED}  # released ones free
+        assert await second.is_duplicate(ids[0]) and not await second.is_duplicate(ids[300])
     finally:
         await client.aclose()
 
 
-async def test_racing_owners_never_both_claim_an_id(redis_cluster: RedisClusterInfra) -> None:
+async def test_a_new_owner_of_the_partition_takes_over_an_older_generations_claims(
+    redis_cluster: RedisClusterInfra,
+) -> None:
+    client = await _client(redis_cluster)
+    try:
+        old, new = _manager(client), _manager(client)
+        ids = _ids(60)
+        await old.claim_batch(ids, partition="t:3", generation=4)
+        taken = await new.claim_batch(ids, partition="t:3", generation=5)
+        assert {r for r, _ in taken} == {ClaimResult.CLAIMED} and new.taken_over == 60
+        other = await new.claim_batch(_ids(1), partition="t:4", generation=5)
+        assert other[0][0] is ClaimResult.CLAIMED
+    finally:
+        await client.aclose()
+
+
+async def test_racing_members_never_both_claim_an_id(redis_cluster: RedisClusterInfra) -> None:
     clients = [await _client(redis_cluster) for _ in range(4)]
     try:
-        stores = [ClusterDedupStore(c, "race", "g") for c in clients]
+        managers = [_manager(c) for c in clients]
         ids = _ids(300)
         results = await asyncio.gather(
-            *(s.claim(ids, f"processing:{n}", 30_000) for n, s in enumerate(stores))
+            *(m.claim_batch(ids, partition="t:0", generation=2) for m in managers)
         )
-        winners = Counter(i for r in results for i, reply in r.items() if reply.flag == "C")
+        winners = Counter(
+            i for r in results for i, (flag, _) in zip(ids, r, strict=True) if flag == "claimed"
+        )
         assert set(winners) == set(ids) and set(winners.values()) == {1}
     finally:
         for c in clients:
@@ -88,38 +123,48 @@ async def _node(port: int) -> redis_asyncio.Redis:
     return redis_asyncio.Redis(host="127.0.0.1", port=port)
 
 
+async def _claim(store: ClusterDedupStore, ids: list[str], member: str) -> str:
+    flags, _ = await store.claim(
+        ids,
+        claim_ms=60_000,
+        token_base=f"p|{member}|t:0|1|",
+        first_token=0,
+        member=member,
+        partition="t:0",
+        generation=1,
+    )
+    return flags
+
+
 async def test_slot_migration_is_followed_through_ask_and_moved(
     redis_cluster: RedisClusterInfra,
 ) -> None:
     client = await _client(redis_cluster)
-    store = ClusterDedupStore(client, "migrate", "g", shards=4)
-    ids = _ids(40)
-    shard_ids = [i for i in ids if store.shard_of(i) == 0]
-    new_ids = [f"new-{i}" for i in range(200)]
-    new_ids = [i for i in new_ids if store.shard_of(i) == 0][:5]
-    slot = client.keyslot(store.key_for(shard_ids[0]))
-    source_port = client.get_node_from_key(store.key_for(shard_ids[0])).port
+    store = ClusterDedupStore(client, "migrate", uuid4().hex[:6], shards=4)
+    ids = [i for i in _ids(60) if store.shard_of(i) == 0]
+    new_ids = [i for i in (f"new-{n}" for n in range(300)) if store.shard_of(i) == 0][:5]
+    slot = client.keyslot(store.key_for(ids[0]))
+    source_port = client.get_node_from_key(store.key_for(ids[0])).port
     masters = {n.port for n in client.get_primaries()}
     target_port = min(masters - {source_port})
     source, target = await _node(source_port), await _node(target_port)
     try:
-        await store.claim(shard_ids, "processing:a", 60_000)
-        await store.mark_done(shard_ids[:3], 60_000)
+        assert await _claim(store, ids, "a") == "C" * len(ids)
+        await store.done(ids[:3], 60_000)
         source_id = (await source.execute_command("CLUSTER", "MYID")).decode()
         target_id = (await target.execute_command("CLUSTER", "MYID")).decode()
         await target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         await source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
 
         # A key not on the source is asked of the target (ASK): a new id is claimed there.
-        fresh = await store.claim(new_ids[:1], "processing:a", 60_000)
-        assert fresh[new_ids[0]].flag == "C"
+        assert await _claim(store, new_ids[:1], "a") == "C"
         assert await target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
 
         # Several keys of a slot being migrated are refused (TRYAGAIN) rather than claimed
         # on one node while a record sits on the other: the store reports it unavailable.
-        for batch in ([shard_ids[0], new_ids[1]], new_ids[1:]):
+        for batch in ([ids[0], new_ids[1]], new_ids[1:]):
             with pytest.raises(ClusterStoreUnavailable):
-                await store.claim(batch, "processing:b", 60_000)
+                await _claim(store, batch, "b")
 
         keys = await source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
         await source.execute_command(
@@ -130,11 +175,9 @@ async def test_slot_migration_is_followed_through_ask_and_moved(
             await node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
             await node.aclose()
         # The client's slot map is stale now: MOVED sends it to the target, records intact.
-        seen = await store.claim(shard_ids + new_ids, "processing:b", 60_000)
-        assert {seen[i].flag for i in shard_ids[:3]} == {"D"}
-        assert {seen[i].flag for i in shard_ids[3:] + new_ids[:1]} == {"P"}
-        assert {seen[i].flag for i in new_ids[1:]} == {"C"}
-        assert client.get_node_from_key(store.key_for(shard_ids[0])).port == target_port
+        flags = await _claim(store, ids + new_ids, "b")
+        assert flags == "DDD" + "P" * (len(ids) - 3) + "P" + "C" * (len(new_ids) - 1)
+        assert client.get_node_from_key(store.key_for(ids[0])).port == target_port
     finally:
         await source.aclose()
         await target.aclose()
@@ -145,80 +188,93 @@ async def test_master_failover_is_survived_and_done_marks_kept(
     redis_cluster: RedisClusterInfra,
 ) -> None:
     client = await _client(redis_cluster)
-    store = ClusterDedupStore(client, "failover", "g")
+    dedup = _manager(client, failure_policy="fail_closed")
     ids = _ids(200)
+    victim_no = 0
     try:
-        await store.claim(ids, "processing:a", 60_000)
-        await store.mark_done(ids, 600_000)
-        victim_port = client.get_node_from_key(store.key_for(ids[0])).port
+        await dedup.claim_batch(ids, partition="t:0", generation=1)
+        await dedup.mark_done_many(ids)
+        victim_port = client.get_node_from_key(dedup.key_for(ids[0])).port
         victim = await _node(victim_port)
         await victim.execute_command("WAIT", 1, 2000)  # replicated before the crash
         await victim.aclose()
         victim_no = redis_cluster.ports.index(victim_port) + 1
 
+        reader = _manager(client, failure_policy="fail_closed")  # no local cache
         began = time.monotonic()
         kill = asyncio.ensure_future(redis_cluster.arun("kill", str(victim_no)))
         unavailable = 0
         while True:
             try:
-                replies = await store.claim(ids, "processing:b", 60_000)
+                results = await reader.claim_batch(ids, partition="t:0", generation=1)
                 if kill.done():
                     break
-            except ClusterStoreUnavailable:
+            except Exception as exc:  # DedupUnavailableError under fail_closed
+                assert "unavailable" in type(exc).__name__.lower() or "Unavailable" in str(exc)
                 unavailable += 1
+            reader._local.clear()
             await asyncio.sleep(0.2)
         await kill
-        took = time.monotonic() - began
-        assert {r.flag for r in replies.values()} == {"D"}, Counter(
-            r.flag for r in replies.values()
-        )
-        assert unavailable > 0  # the outage was seen, as a transient error
-        assert took < 30
-        assert client.get_node_from_key(store.key_for(ids[0])).port != victim_port
+        assert {r for r, _ in results} == {ClaimResult.DUPLICATE}
+        assert unavailable > 0  # the outage was seen, as a retryable error
+        assert time.monotonic() - began < 30
+        assert client.get_node_from_key(dedup.key_for(ids[0])).port != victim_port
     finally:
         await client.aclose()
-        await redis_cluster.arun("resume", str(victim_no))
+        if victim_no:
+            await redis_cluster.arun("resume", str(victim_no))
 
 
 @pytest.mark.kafka
-async def test_a_service_flow_dedups_on_the_cluster(
+async def test_a_service_on_a_cluster_url_dedups_there(
     redis_cluster: RedisClusterInfra, kafka_bootstrap: str, unique_name: str
 ) -> None:
+    from core.config.settings import RedpandaSettings
+    from core.streaming.infrastructure.message_producer import MessageProducer
     from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
-    from tests.cluster.cluster_dedup import use_cluster_dedup
     from tests.integration.orchestration.helpers import kafka_settings, produce, wait_until
 
-    client = await _client(redis_cluster)
-    settings = kafka_settings(kafka_bootstrap)
+    settings = kafka_settings(kafka_bootstrap).model_copy(
+        update={"redis": RedisSettings(url=SecretStr(redis_cluster.url))}
+    )
     handled: list[int] = []
 
     async def handle(event: dict[str, Any]) -> None:
         handled.append(event["data"]["n"])
 
+    topic = f"{unique_name}.in"
     service = (
         StreamServiceBuilder(unique_name, settings.redpanda, settings)
-        .with_redis(client)  # type: ignore[arg-type]
-        .add_consumer_handler([f"{unique_name}.in"], f"{unique_name}.g", handle)
+        .with_redis()
+        .add_consumer_handler([topic], f"{unique_name}.g", handle)
         .build()
     )
-    use_cluster_dedup(service, client)
     await service.start()
     try:
-        ids = await produce(
-            kafka_bootstrap, f"{unique_name}.in", [(None, {"n": i}) for i in range(30)]
-        )
-        from core.config.settings import RedpandaSettings
-        from core.streaming.infrastructure.message_producer import MessageProducer
-
+        ids = await produce(kafka_bootstrap, topic, [(None, {"n": i}) for i in range(30)])
         again = MessageProducer(RedpandaSettings(bootstrap_servers=kafka_bootstrap), "again")
         try:
             for n in (3, 7):
-                await again.send(f"{unique_name}.in", None, {"n": n}, "x", event_id=ids[n])
+                await again.send(topic, None, {"n": n}, "x", event_id=ids[n])
         finally:
             await again.stop()
+        await wait_until(lambda: len(handled) >= 30, 30, "all handled")
         layer = service.flows[0].layer
-        await wait_until(lambda: layer.outcomes["duplicate"] >= 2, 30, "duplicates skipped")
+        deadline = time.monotonic() + 30
+        while _duplicates(layer) < 2:
+            assert time.monotonic() < deadline, "duplicates not skipped"
+            await asyncio.sleep(0.05)
     finally:
         await service.stop()
-        await client.aclose()
     assert sorted(handled) == list(range(30))
+    client = await _client(redis_cluster)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"dedup:{{{unique_name}:*", count=1000)]
+        assert len(keys) == 30
+    finally:
+        await client.aclose()
+
+
+def _duplicates(layer: Any) -> int:
+    outcomes = getattr(layer, "outcomes", {})
+    return int(outcomes.get("duplicate", 0))
