@@ -47,10 +47,11 @@ class ConsumedMessage:
 
     Delivery state, set as the message moves through its flow: ``identity`` (the
     id it is deduplicated on), ``claim`` (the dedup claim result), ``claim_token``
-    (the owner token of our claim), ``outcome`` and ``error`` (see :class:`Outcome`),
-    ``attempts`` (handler runs), ``outputs`` (acknowledgements of the sends its handler started, awaited by
-    the checkpoint before the offset is committed) and ``duration`` (seconds
-    spent in the handler's last attempt).
+    (the owner token of our claim), ``outcome`` and ``error`` (see
+    :class:`Outcome`), ``attempts`` (handler runs), ``outputs``
+    (acknowledgements of the sends its handler started, awaited by the checkpoint
+    before the offset is committed) and ``duration`` (seconds spent in the
+    handler's last attempt).
     """
 
     __slots__ = (
