@@ -45,12 +45,13 @@ class ConsumedMessage:
     ``raw_value`` still holds the bytes untouched, so the message can be
     dead-lettered. The broker client's record is kept as it is (no copy).
 
-    Delivery state, set as the message moves through its flow: ``claim`` (the
-    dedup claim result), ``claim_token`` (the owner token of our claim),
-    ``outcome`` and ``error`` (see :class:`Outcome`), ``attempts`` (handler runs),
-    ``outputs`` (acknowledgements of the sends its handler started, awaited by
-    the checkpoint before the offset is committed) and ``duration`` (seconds
-    spent in the handler's last attempt).
+    Delivery state, set as the message moves through its flow: ``identity`` (the
+    id it is deduplicated on), ``claim`` (the dedup claim result), ``claim_token``
+    (the owner token of our claim), ``outcome`` and ``error`` (see
+    :class:`Outcome`), ``attempts`` (handler runs), ``outputs``
+    (acknowledgements of the sends its handler started, awaited by the checkpoint
+    before the offset is committed) and ``duration`` (seconds spent in the
+    handler's last attempt).
     """
 
     __slots__ = (
@@ -62,6 +63,7 @@ class ConsumedMessage:
         "duration",
         "error",
         "generation",
+        "identity",
         "outcome",
         "outputs",
         "record",
@@ -82,6 +84,7 @@ class ConsumedMessage:
         self.generation = generation
         self.claim: Any = None
         self.claim_token: str | None = None
+        self.identity: str | None = None
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
         self.attempts = 0

@@ -74,7 +74,6 @@ class DedupStep:
         self.held: dict[ConsumedMessage, tuple[str, str]] = {}
         #: The message of this flow holding each claimed id.
         self.holders: dict[str, ConsumedMessage] = {}
-        self.ids: dict[ConsumedMessage, str] = {}
         self.waiting = 0
         self.store_failing = False
         self._claim_tasks: set[asyncio.Task[None]] = set()
@@ -110,7 +109,7 @@ class DedupStep:
             event_id = self.identity(message)
             if event_id is None:
                 continue
-            self.ids[message] = event_id
+            message.identity = event_id
             message.claim = _WAIT_FOR_CLAIMS
             by_partition.setdefault(message.topic_partition, []).append((message, event_id))
         for tp, items in by_partition.items():
@@ -129,12 +128,20 @@ class DedupStep:
                 ids, partition=f"{tp.topic}:{tp.partition}", generation=self.generation_of(tp)
             )
         )
+        given_up: list[tuple[str, str]] = []
         for (message, event_id), (result, token) in zip(items, results, strict=True):
             message.claim = result
             message.claim_token = token
+            if message not in self._pending:
+                # Released while its claim was being made: give the claim straight back.
+                if token is not None:
+                    given_up.append((event_id, token))
+                continue
+            del self._pending[message]
             if token is not None:
                 self._hold(message, event_id, token)
-            self._pending.pop(message, None)
+        if given_up:
+            await self.dedup.release_claims(given_up)
 
     async def _with_store(self, call: Callable[[], Any]) -> Any:
         """Run a store call; under ``fail_closed`` wait for the store with backoff."""
@@ -189,7 +196,8 @@ class DedupStep:
 
     async def _wait_for_claim(self, message: ConsumedMessage) -> None:
         """Ask again, with backoff, until the id is ours, done, or bypassed."""
-        event_id = self.ids[message]
+        event_id = message.identity
+        assert event_id is not None
         tp = message.topic_partition
         foreign = False
         try:
@@ -255,14 +263,12 @@ class DedupStep:
             await self.dedup.mark_done_many(ids)
         for message in messages:
             self._unhold(message)
-            self.ids.pop(message, None)
 
     async def release(self, messages: Iterable[ConsumedMessage]) -> None:
         """Give back the claims of messages that end without a done mark."""
         claims = []
         for message in messages:
             held = self._unhold(message)
-            self.ids.pop(message, None)
             self._pending.pop(message, None)
             if held is not None:
                 claims.append(held)
@@ -278,11 +284,6 @@ class DedupStep:
         if held is not None and self.holders.get(held[0]) is message:
             del self.holders[held[0]]
         return held
-
-    def forget(self, messages: Iterable[ConsumedMessage]) -> None:
-        """Drop bookkeeping of messages without a claim to give back."""
-        for message in messages:
-            self.ids.pop(message, None)
 
     # ------------------------------------------------------------------ renewal
 
