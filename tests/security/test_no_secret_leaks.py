@@ -39,13 +39,17 @@ def _run_probe(env: dict[str, str], fmt: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("mechanism", "fmt"),
-    [("SCRAM-SHA-512", "console"), ("SCRAM-SHA-512", "json"), ("PLAIN", "console")],
+    ("mechanism", "fmt", "tls_redis"),
+    [
+        ("SCRAM-SHA-512", "console", False),
+        ("SCRAM-SHA-512", "json", True),
+        ("PLAIN", "console", True),
+    ],
 )
 def test_debug_logs_health_and_metrics_hold_no_secret(
-    secure_infra: SecureInfra, mechanism: str, fmt: str
+    secure_infra: SecureInfra, mechanism: str, fmt: str, tls_redis: bool
 ) -> None:
-    env = secure_infra.env()
+    env = secure_infra.env(tls_redis=tls_redis)
     env["TRADESTREAM_REDPANDA__SASL_MECHANISM"] = mechanism
     env.pop("PYTHONWARNINGS", None)
     output = _run_probe(env, fmt)

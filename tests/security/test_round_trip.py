@@ -146,3 +146,75 @@ def test_cli_over_sasl_ssl_and_its_failures(secure_infra: SecureInfra) -> None:
             assert took < 15, (what, command, took)  # interpreter start included
             for secret in [*secure_infra.secrets, "wrong-password-123"]:
                 assert secret not in output
+
+
+async def test_dedup_over_tls_redis_with_a_private_ca_and_a_client_certificate(
+    secure_infra: SecureInfra,
+) -> None:
+    from core.streaming.infrastructure.connection_manager import ConnectionManager
+
+    settings = secure_infra.settings(tls_redis=True)
+    settings = settings.model_copy(
+        update={
+            "redis": settings.redis.model_copy(
+                update={
+                    "ssl_certfile": str(secure_infra.directory / "client.pem"),
+                    "ssl_keyfile": str(secure_infra.directory / "client.key"),
+                }
+            )
+        }
+    )
+    name = f"tls-{uuid4().hex[:8]}"
+    handled: list[int] = []
+
+    async def handle(event: dict[str, Any]) -> None:
+        handled.append(event["data"]["n"])
+
+    service = (
+        StreamServiceBuilder(name, settings.redpanda, settings)
+        .with_redis()
+        .add_consumer_handler([f"{name}.in"], f"{name}.g", handle)
+        .build()
+    )
+    await service.start()
+    feeder = MessageProducer(settings.redpanda, f"{name}-feeder")
+    try:
+        ids = await feeder.send_many(f"{name}.in", [(str(i), {"n": i}) for i in range(10)], "n")
+        await feeder.send(f"{name}.in", "0", {"n": 0}, "n", event_id=ids[0])
+        layer = service.flows[0].layer
+        await _wait(lambda: len(handled) >= 10 and layer.outcomes["duplicate"] >= 1, 60, "dedup")
+    finally:
+        await feeder.stop()
+        await service.stop()
+    assert sorted(handled) == list(range(10))
+
+    manager = ConnectionManager(settings, use_redis=True)
+    await manager.start()
+    try:
+        assert await manager.redis.get(f"dedup:{name}:{name}.g:{ids[0]}") == b"done"
+    finally:
+        await manager.stop()
+
+
+async def test_tls_without_verification_connects_and_is_warned(
+    secure_infra: SecureInfra, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from pydantic import SecretStr
+
+    from core.config.settings import RedisSettings, Settings
+    from core.streaming.infrastructure.connection_manager import ConnectionManager
+
+    redis = RedisSettings(url=SecretStr(secure_infra.redis_url(tls=True)), ssl_verify=False)
+    settings = Settings().model_copy(update={"redpanda": secure_infra.redpanda(), "redis": redis})
+    manager = ConnectionManager(settings, use_redis=True)
+    with caplog.at_level(logging.WARNING):
+        await manager.start()
+    try:
+        assert (await manager.health())["redis"] == "ok"
+    finally:
+        await manager.stop()
+    warned = [r.getMessage() for r in caplog.records if "verification is off" in r.getMessage()]
+    assert warned and f"127.0.0.1:{secure_infra.redis_tls_port}" in warned[0]
+    assert secure_infra.redis_password not in warned[0]
