@@ -56,12 +56,17 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-bash scripts/kafka-cluster.sh start >"$STATE/kafka.env"
+# Fixed ports can be taken for a moment as some connection's ephemeral port:
+# one more try after a pause.
+start_twice() {
+  "$@" || { sleep 5 && "$@"; }
+}
 started+=(kafka)
-REDIS_PORT="$CHAOS_REDIS_PORT" INFRA_DIR="$STATE/redis" bash scripts/redis.sh start >/dev/null
+start_twice bash scripts/kafka-cluster.sh start >"$STATE/kafka.env"
 started+=(redis)
-bash scripts/redis-cluster.sh start >"$STATE/redis-cluster.env"
+start_twice env REDIS_PORT="$CHAOS_REDIS_PORT" INFRA_DIR="$STATE/redis" bash scripts/redis.sh start >/dev/null
 started+=(rcluster)
+start_twice bash scripts/redis-cluster.sh start >"$STATE/redis-cluster.env"
 
 bootstrap="$(sed -n 's/^KAFKA_CLUSTER_BOOTSTRAP=//p' "$STATE/kafka.env")"
 rcluster_url="$(sed -n 's/^REDIS_CLUSTER_URL=//p' "$STATE/redis-cluster.env")"

@@ -143,6 +143,7 @@ start() {
   fi
   fetch_libs
   ensure_tools
+  wait_ports_free "$(IFS=,; echo "${PORTS[*]},${CPORTS[*]}")" || exit 1
   local began=$SECONDS cid
   cid="$(new_cluster_id)"
   for n in 1 2 3; do

@@ -154,6 +154,16 @@ start() {
     exit 1
   fi
   ensure_redis
+  local p busy=""
+  for p in "${PORTS[@]}" "${BUS[@]}"; do
+    if command -v ss >/dev/null 2>&1 && [ -n "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ]; then
+      busy="$busy $p"
+    fi
+  done
+  if [ -n "$busy" ]; then
+    log "ports in use:$busy (another process, or an outgoing connection's ephemeral port)"
+    exit 1
+  fi
   local began=$SECONDS
   for n in 1 2 3 4 5 6; do
     rm -rf "$(dir_of "$n")"

@@ -192,6 +192,7 @@ start() {
   fetch_libs
   ensure_tools
   ensure_redis
+  wait_ports_free "$KPORT,$KCPORT,$RPORT,$RTPORT" || exit 1
   local began=$SECONDS
   mkdir -p "$SDIR"
   chmod 700 "$SDIR"

@@ -89,6 +89,28 @@ logger.kafka.level = INFO
 EOF
 }
 
+# Exit status 0 when no socket on this host uses local port $1 (a listener, or an
+# outgoing connection that took it as its ephemeral port). Without `ss`: 0.
+port_free() {
+  command -v ss >/dev/null 2>&1 || return 0
+  [ -z "$(ss -Htan "( sport = :$1 )" 2>/dev/null)" ]
+}
+
+# Wait up to $2 seconds (default 20) for ports $1 (comma-separated) to be free.
+wait_ports_free() {
+  local ports="$1" wait_s="${2:-20}" p i busy
+  for i in $(seq 1 "$((wait_s * 2))"); do
+    busy=""
+    for p in ${ports//,/ }; do
+      port_free "$p" || busy="$busy $p"
+    done
+    [ -z "$busy" ] && return 0
+    sleep 0.5
+  done
+  log "ports in use:$busy (another process, or an outgoing connection's ephemeral port)"
+  return 1
+}
+
 pid_alive() {
   [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
