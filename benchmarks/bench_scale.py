@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from core.config.settings import RedpandaSettings
 from core.streaming.infrastructure.message_producer import MessageProducer
@@ -82,7 +83,11 @@ def _env(
 
 
 async def _committed(admin: AIOKafkaAdminClient, group: str) -> int:
-    offsets = await admin.list_consumer_group_offsets(group)
+    """Committed messages of ``group`` (0 while its coordinator is not there yet)."""
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    except KafkaError:
+        return 0
     return sum(max(0, meta.offset) for meta in offsets.values())
 
 
