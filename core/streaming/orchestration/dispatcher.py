@@ -127,7 +127,7 @@ class Dispatcher:
     def _lane_key(self, message: ConsumedMessage) -> Hashable:
         if self.ordering == "partition":
             record = message.record
-            return (record.topic, record.partition)
+            return record.partition, record.topic
         if self.ordering == "key":
             if self.concurrency == 1:
                 return 0
@@ -135,21 +135,43 @@ class Dispatcher:
         return next(self._round_robin)
 
     def submit_many(self, messages: Iterable[ConsumedMessage]) -> None:
-        """Queue each message on its lane."""
-        lanes = self._lanes
+        """Queue each message on its lane (consecutive messages of one lane in one go)."""
+        lane_key = self._lane_key
         n = size = 0
+        pending: list[ConsumedMessage] = []
+        current: Hashable = None
         for message in messages:
-            key = self._lane_key(message)
-            lane = lanes.get(key)
-            if lane is None:
-                lane = lanes[key] = _Lane(key, self)
-            lane.push(message)
+            key = lane_key(message)
+            if key != current and pending:
+                self._push(current, pending)
+                pending = []
+            current = key
+            pending.append(message)
             n += 1
-            size += message.size
+            size += message.nbytes
+        if pending:
+            self._push(current, pending)
         if n:
             self.in_flight += n
             self.in_flight_bytes += size
             self._idle.clear()
+
+    def _push(self, key: Hashable, messages: list[ConsumedMessage]) -> None:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(key, self)
+        lane.queue.extend(messages)
+        lane._wakeup.set()
+
+    def submit_partition(self, tp: TopicPartition, messages: list[ConsumedMessage]) -> None:
+        """Queue one partition's fetched messages, in order."""
+        if self.ordering != "partition":
+            self.submit_many(messages)
+            return
+        self._push((tp.partition, tp.topic), messages)
+        self.in_flight += len(messages)
+        self.in_flight_bytes += sum([m.nbytes for m in messages])
+        self._idle.clear()
 
     def submit(self, message: ConsumedMessage) -> None:
         """Queue one message on its lane."""
@@ -172,7 +194,7 @@ class Dispatcher:
 
     def _left(self, messages: list[ConsumedMessage]) -> None:
         self.in_flight -= len(messages)
-        self.in_flight_bytes -= sum(m.size for m in messages)
+        self.in_flight_bytes -= sum([m.nbytes for m in messages])
         self._progress.set()
         if self.in_flight <= 0:
             self._idle.set()
