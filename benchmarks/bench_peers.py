@@ -23,8 +23,9 @@ Variants:
 The clock starts at the first message a variant sees (group join and start-up are
 not timed) and stops at the last one handled; a final commit follows, untimed.
 For the dedup variants the Redis server's time in commands (``INFO
-commandstats``, every command but ``INFO``) is reported per message too. ``--empty-partition`` preloads one partition of four
-with nothing, the case where a caught-up partition can stall the others.
+commandstats``, every command but ``INFO``) is reported per message too.
+``--empty-partition`` preloads one partition of four with nothing, the case
+where a caught-up partition can stall the others.
 
 Peers come from ``benchmarks/requirements-peers.txt`` (installed by
 ``bash benchmarks/peers.sh``, into ``.venv-bench``). Only brokers and Redis on
