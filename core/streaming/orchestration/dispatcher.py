@@ -5,8 +5,9 @@ The worker takes what is queued as one *run* (up to ``max_run`` messages) and
 processes it with one call. The ordering mode decides which lane a message takes:
 
 - ``partition``: one lane per partition (a partition's messages in order);
-- ``key``: ``concurrency`` lanes chosen by a hash of partition and key, so equal
-  keys keep their order and different keys run in parallel;
+- ``key``: ``concurrency`` lanes; a key is bound to one lane while any of its
+  messages is in flight (so equal keys keep their order) and new keys go to the
+  least busy lane (so different keys run in parallel, spread by load);
 - ``unordered``: ``concurrency`` lanes fed round-robin.
 
 After a run, its messages without an outcome (a run cut short) go back to the
@@ -116,6 +117,9 @@ class Dispatcher:
         self.keeps = keeps or (lambda message: True)
         self._lanes: dict[Hashable, _Lane] = {}
         self._round_robin = itertools.cycle(range(concurrency))
+        # Key ordering: key -> [lane, messages in flight]; keys bound per lane.
+        self._bindings: dict[Hashable, list[int]] = {}
+        self._lane_loads = [0] * concurrency
         self.in_flight = 0
         self.in_flight_bytes = 0
         self._idle = asyncio.Event()
@@ -131,8 +135,39 @@ class Dispatcher:
         if self.ordering == "key":
             if self.concurrency == 1:
                 return 0
-            return hash((message.topic, message.partition, message.key)) % self.concurrency
+            return self._bind(message)
         return next(self._round_robin)
+
+    def _bind(self, message: ConsumedMessage) -> int:
+        """The lane of a message's key: the one holding that key, else the least busy.
+
+        A key stays on one lane while any of its messages is in flight, so its
+        order holds; once none is, the key may move. Keys spread over lanes by
+        load rather than by hash, so ``concurrency`` lanes stay busy even when a
+        few keys would hash to the same one.
+        """
+        key = (message.record.partition, message.record.topic, message.record.key)
+        bound = self._bindings.get(key)
+        if bound is not None:
+            bound[1] += 1
+            return int(bound[0])
+        loads = self._lane_loads
+        lane = min(range(self.concurrency), key=loads.__getitem__)
+        loads[lane] += 1
+        self._bindings[key] = [lane, 1]
+        return lane
+
+    def _unbind(self, messages: list[ConsumedMessage]) -> None:
+        bindings, loads = self._bindings, self._lane_loads
+        for message in messages:
+            key = (message.record.partition, message.record.topic, message.record.key)
+            bound = bindings.get(key)
+            if bound is None:
+                continue
+            bound[1] -= 1
+            if bound[1] <= 0:
+                del bindings[key]
+                loads[bound[0]] -= 1
 
     def submit_many(self, messages: Iterable[ConsumedMessage]) -> None:
         """Queue each message on its lane (consecutive messages of one lane in one go)."""
@@ -193,6 +228,8 @@ class Dispatcher:
             self._left(leaving)
 
     def _left(self, messages: list[ConsumedMessage]) -> None:
+        if self._bindings:
+            self._unbind(messages)
         self.in_flight -= len(messages)
         self.in_flight_bytes -= sum([m.nbytes for m in messages])
         self._progress.set()
@@ -287,5 +324,7 @@ class Dispatcher:
         await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
         self.in_flight = 0
         self.in_flight_bytes = 0
+        self._bindings.clear()
+        self._lane_loads = [0] * self.concurrency
         self._idle.set()
         return left
