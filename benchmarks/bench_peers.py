@@ -20,7 +20,8 @@ Variants:
 * ``ours-dedup``   -- the same with dedup on the real Redis;
 * ``ours-batch``   -- dedup on, with a batch handler (``add_batch_handler``).
 
-The clock starts at the first message a variant sees (group join and start-up are
+Our variants freeze the collector once the service has started, as ``tradestream
+run`` does. The clock starts at the first message a variant sees (group join and start-up are
 not timed) and stops at the last one handled; a final commit follows, untimed.
 For the dedup variants the Redis server's time in commands (``INFO
 commandstats``, every command but ``INFO``) is reported per message too.
@@ -219,11 +220,8 @@ async def child_ours(args: argparse.Namespace, clock: Clock, variant: str) -> No
         builder.add_consumer_handler([args.topic], args.group, handle)
     service = builder.build()
     await service.start()
-    if os.environ.get("BENCH_GC", "").startswith("start"):
-        gc.collect()  # as `tradestream run` does once its services have started
-        gc.freeze()
-        if os.environ["BENCH_GC"] == "start-threshold":
-            gc.set_threshold(20_000, 20, 20)
+    gc.collect()  # as `tradestream run` does once its services have started
+    gc.freeze()
     try:
         await asyncio.wait_for(clock.done.wait(), args.timeout)
     finally:
@@ -231,11 +229,6 @@ async def child_ours(args: argparse.Namespace, clock: Clock, variant: str) -> No
 
 
 def run_child(args: argparse.Namespace) -> None:
-    if os.environ.get("BENCH_GC") == "freeze":
-        gc.collect()
-        gc.freeze()
-    elif os.environ.get("BENCH_GC") == "off":
-        gc.disable()
     clock = Clock(args.count)
     variant = args.child
     if variant == "quix":
