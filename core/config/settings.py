@@ -27,6 +27,7 @@ CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 DedupFailurePolicy = Literal["fail_open", "fail_closed"]
 OrderingMode = Literal["partition", "key", "unordered"]
 LogFormat = Literal["json", "console"]
+ServiceShape = Literal["legacy", "builder"]
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
 
@@ -185,6 +186,11 @@ class ReliabilitySettings(BaseModel):
     handler_timeout_s: float | None = Field(default=None, gt=0)
     max_loop_restarts: int = Field(default=5, ge=0)
     exit_on_unhealthy: bool = False
+    shape: ServiceShape = Field(
+        default="legacy",
+        description="which implementation core.streaming.legacy.build_selected builds: "
+        "'legacy' (the StreamProcessor subclass) or 'builder' (the builder-made service)",
+    )
 
 
 class ObservabilitySettings(BaseModel):
