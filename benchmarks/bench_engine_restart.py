@@ -2,12 +2,17 @@
 
 Writes a ledger of ``--executions`` fills (each with its ``order.placed``, over
 ``--strategies`` strategies and 5 instruments, one namespace) to a fresh
-namespace on the broker, then measures, ``--repeat`` times:
+namespace on the broker, then measures, ``--repeat`` times each:
 
 * ``restore``: ``TradingEngineService.restore()`` in this process (read the
   ledger, the recent rejections and ticks, fold, hand the books to the traders);
 * ``process``: ``tradestream run trading_engine`` from process start to its
-  ``book restored`` log line (Python start-up and connections included).
+  ``book restored`` log line (Python start-up and connections included), and the
+  peak resident memory of that process by then.
+
+First with no snapshot (the whole ledger is folded), then after the engine wrote
+a snapshot and ``--tail`` more executions were appended (the snapshot, the ids
+window before it and the tail are read).
 
 Usage (a broker and Redis must be running)::
 
@@ -22,7 +27,6 @@ import asyncio
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,17 +54,19 @@ TOKENS = {
 }
 
 
-async def write_ledger(settings: Settings, namespace: str, fills: int, strategies: int) -> float:
-    """Publish ``fills`` placed+filled pairs; returns seconds taken."""
-    rng = random.Random(1)
+async def write_ledger(
+    settings: Settings, namespace: str, fills: int, strategies: int, first: int = 0
+) -> float:
+    """Publish ``fills`` placed+filled pairs (numbered from ``first``); returns seconds taken."""
+    rng = random.Random(first + 1)
     producer = MessageProducer(settings.redpanda, "bench-ledger")
     topics = TopicMap(namespace)
     started = time.perf_counter()
     batch: list[tuple[str | bytes | None, Payload]] = []
     placed: list[tuple[str | bytes | None, Payload]] = []
-    sequence = 0
+    sequence = 2 * first
     try:
-        for n in range(fills):
+        for n in range(first, first + fills):
             token = rng.choice(list(TOKENS))
             base: dict[str, Any] = dict(
                 client_order_id=f"bench-{n}",
@@ -108,8 +114,16 @@ async def restore_once(settings: Settings) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "fills": fills}
 
 
-def process_once(env: dict[str, str]) -> float:
-    """Seconds from spawning ``tradestream run trading_engine`` to its ``book restored`` line."""
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def process_once(env: dict[str, str]) -> tuple[float, float]:
+    """Seconds from spawning the engine to its ``book restored`` line, and its peak RSS (MB)."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "run", "trading_engine"],
@@ -123,18 +137,44 @@ def process_once(env: dict[str, str]) -> float:
     try:
         for line in proc.stderr:
             if '"book restored"' in line:
-                return time.perf_counter() - started
+                return time.perf_counter() - started, peak_rss_mb(proc.pid)
         raise RuntimeError(f"engine exited with {proc.wait()} before restoring")
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-async def prepare_and_restore(
-    settings: Settings, namespace: str, executions: int, strategies: int, repeat: int
-) -> tuple[float, list[dict[str, float]]]:
-    writing = await write_ledger(settings, namespace, executions, strategies)
-    return writing, [await restore_once(settings) for _ in range(repeat)]
+async def snapshot_and_extend(
+    settings: Settings, namespace: str, executions: int, tail: int, strategies: int
+) -> None:
+    """Have an engine restore and write its snapshot, then append ``tail`` executions."""
+    engine = build_service("trading_engine", settings)
+    assert isinstance(engine, TradingEngineService)
+    await engine.trader_factory.initialize()
+    await engine.restore()
+    producer = MessageProducer(settings.redpanda, "bench-snapshot")
+    try:
+        await engine.write_snapshots(producer)
+    finally:
+        await producer.stop()
+    assert engine.snapshots_written == 1
+    await write_ledger(settings, namespace, tail, strategies, first=executions)
+
+
+def measure(settings: Settings, env: dict[str, str], repeat: int, label: str) -> dict[str, object]:
+    restores = [asyncio.run(restore_once(settings)) for _ in range(repeat)]
+    processes = [process_once(env) for _ in range(repeat)]
+    walls = [r["wall_s"] for r in restores]
+    return {
+        "case": label,
+        "fills_restored": restores[0]["fills"],
+        "restore_wall_s": [round(w, 3) for w in walls],
+        "restore_wall_median_s": round(statistics.median(walls), 3),
+        "restore_cpu_s": [round(r["cpu_s"], 3) for r in restores],
+        "process_to_restored_s": [round(p, 3) for p, _ in processes],
+        "process_to_restored_median_s": round(statistics.median(p for p, _ in processes), 3),
+        "process_peak_rss_mb": [round(m, 1) for _, m in processes],
+    }
 
 
 def main() -> None:
@@ -142,6 +182,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     parser.add_argument("--redis", default=os.environ.get("REDIS_URL"))
     parser.add_argument("--executions", type=int, default=100_000)
+    parser.add_argument("--tail", type=int, default=1_000)
     parser.add_argument("--strategies", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--output")
@@ -155,9 +196,6 @@ def main() -> None:
         redis=RedisSettings(url=SecretStr(args.redis)),
         trading=TradingSettings(market_always_open=True),
     )
-    writing, restores = asyncio.run(
-        prepare_and_restore(settings, namespace, args.executions, args.strategies, args.repeat)
-    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRADESTREAM_")}
     env.update(
         TRADESTREAM_REDPANDA__BOOTSTRAP_SERVERS=args.bootstrap,
@@ -166,20 +204,24 @@ def main() -> None:
         TRADESTREAM_BROKER_NAMESPACE=namespace,
         TRADESTREAM_OBSERVABILITY__LOG_FORMAT="json",
     )
-    processes = [process_once(env) for _ in range(args.repeat)]
-    walls = [r["wall_s"] for r in restores]
+    writing = asyncio.run(write_ledger(settings, namespace, args.executions, args.strategies))
+    # No snapshot may be written while the whole-ledger case is measured.
+    full = measure(
+        settings,
+        {**env, "TRADESTREAM_TRADING__SNAPSHOT_EVERY": "0"},
+        args.repeat,
+        "whole ledger, no snapshot",
+    )
+    asyncio.run(
+        snapshot_and_extend(settings, namespace, args.executions, args.tail, args.strategies)
+    )
+    snapshot = measure(settings, env, args.repeat, f"snapshot + {args.tail} executions after it")
     result = {
         "executions": args.executions,
         "ledger_records": 2 * args.executions,
         "namespace": namespace,
         "write_s": round(writing, 2),
-        "restore_wall_s": [round(w, 3) for w in walls],
-        "restore_wall_median_s": round(statistics.median(walls), 3),
-        "restore_cpu_s": [round(r["cpu_s"], 3) for r in restores],
-        "fills_restored": restores[0]["fills"],
-        "process_to_restored_s": [round(p, 3) for p in processes],
-        "process_to_restored_median_s": round(statistics.median(processes), 3),
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cases": [full, snapshot],
         "python": sys.version.split()[0],
         "load_average": os.getloadavg(),
     }

@@ -229,6 +229,11 @@ class TradingSettings(BaseModel):
     restore_on_start: bool = Field(
         default=True, description="services rebuild their state from their topics at start"
     )
+    snapshot_every: int = Field(
+        default=10_000,
+        ge=0,
+        description="ledger events between two book snapshots of a namespace; 0: none",
+    )
 
 
 class Settings(BaseSettings):

@@ -25,7 +25,8 @@ from core.streaming.types import FetchedRecord
 from services.cli.common import WIDE_COLUMNS, console, fail, load_cli_settings
 from services.trading_engine.book import Book
 from services.trading_engine.engine_state import routed_namespaces
-from services.trading_engine.ledger import LedgerRead, decode_envelope, ledger_topics, read_ledger
+from services.trading_engine.ledger import decode_envelope, ledger_topics
+from services.trading_engine.ledger_store import LedgerRead, read_ledger
 from services.trading_engine.restore import PRICE_TAIL, Quote, latest_quotes
 
 orders_app = typer.Typer(help="Look up orders in the ledger.", no_args_is_help=True)

@@ -8,19 +8,31 @@ the final log. Everything here is bounded: history lives in the ledger topics.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+
+import orjson
 
 from core.config.settings import Settings
 from core.streaming.correlation import CorrelationLogger
-from services.trading_engine.ledger import LedgerState
+from core.streaming.types import RecordMetadata, TopicPartition
+from services.trading_engine.ledger import LedgerState, ledger_topics
+from services.trading_engine.ledger_store import (
+    MAX_SNAPSHOT_BYTES,
+    SNAPSHOT_TYPE,
+    encode_snapshot,
+    snapshot_topic,
+)
 from services.trading_engine.metrics import BookView
+from services.trading_engine.outbox import Publisher
 from services.trading_engine.restore import EngineHistory, Quote, read_engine_history
 from services.trading_engine.trader_factory import Trader, TraderFactory
 
 MAX_RESTING_LOGGED = 50
+logger = logging.getLogger(__name__)
 
 
 def routed_namespaces(settings: Settings) -> list[str]:
@@ -62,6 +74,9 @@ class EngineState:
         self._strategies: dict[str, set[str]] = {}
         self._order_correlation: dict[str, str | None] = {}
         self._state_log = CorrelationLogger("trading_engine", __name__)
+        self._ledger_topics = ledger_topics(self.namespaces)
+        self.ledger_ends: dict[TopicPartition, int] | None = None
+        self.snapshots_written = 0
 
     # ------------------------------------------------------------------ traders
 
@@ -130,6 +145,65 @@ class EngineState:
                 )
         return rows
 
+    # ------------------------------------------------------------------ snapshots
+
+    def note_ack(self, metadata: RecordMetadata) -> None:
+        """Advance the known ledger end offsets with a broker acknowledgement."""
+        if self.ledger_ends is None or metadata.topic not in self._ledger_topics:
+            return
+        tp = TopicPartition(metadata.topic, metadata.partition)
+        self.ledger_ends[tp] = max(self.ledger_ends.get(tp, 0), metadata.offset + 1)
+
+    def capture_snapshots(self) -> dict[str, dict[str, object]]:
+        """Snapshot payloads of every namespace, now (call when nothing is left to publish)."""
+        ends = dict(self.ledger_ends or {})
+        payloads: dict[str, dict[str, object]] = {}
+        for namespace in self.namespaces:
+            trader = self._traders.get(namespace)
+            if trader is None:
+                continue
+            resting = [
+                replace(
+                    order, correlation_id=self._order_correlation.get(order.request.client_order_id)
+                )
+                for order in trader.resting_entries()
+            ]
+            own = {
+                tp: end for tp, end in ends.items() if self._ledger_topics[tp.topic] == namespace
+            }
+            payloads[namespace] = encode_snapshot(
+                namespace, trader.books(), resting, trader.sequence, own
+            )
+        return payloads
+
+    async def write_snapshots(self, publisher: Publisher) -> None:
+        """Capture every namespace's state and send it to its snapshot topic.
+
+        The capture happens before the first await, so it matches the ledger
+        offsets known at that moment. A snapshot that cannot be written is only
+        logged: the next restart reads more of the ledger.
+        """
+        if self.ledger_ends is None:
+            return
+        for namespace, payload in self.capture_snapshots().items():
+            size = len(orjson.dumps(payload))
+            if size > MAX_SNAPSHOT_BYTES:
+                logger.warning(
+                    "ledger snapshot of %s not written: %d bytes (max %d)",
+                    namespace,
+                    size,
+                    MAX_SNAPSHOT_BYTES,
+                )
+                continue
+            try:
+                await publisher.send(snapshot_topic(namespace), namespace, payload, SNAPSHOT_TYPE)
+            except Exception as exc:
+                logger.warning(
+                    "ledger snapshot of %s not written: %s: %s", namespace, type(exc).__name__, exc
+                )
+                continue
+            self.snapshots_written += 1
+
     # ------------------------------------------------------------------ restore
 
     async def _read_history(self) -> EngineHistory:
@@ -156,8 +230,8 @@ class EngineState:
                 namespace=namespace,
                 seconds=round(seconds, 3),
                 ledger_records=history.ledger.records,
-                order_events=state.events,
-                fills=state.fills,
+                order_events_read=state.events,
+                fills_read=state.fills,
                 ignored=state.ignored,
                 duplicates=state.duplicates,
                 sequence=state.sequence,
@@ -166,6 +240,7 @@ class EngineState:
                 books={sid: book.to_dict() for sid, book in sorted(state.books.items())},
                 ends=ends,
                 prices=len(history.quotes),
+                snapshot=history.ledger.snapshots.get(namespace),
             )
 
     def log_final_state(self) -> None:

@@ -5,15 +5,21 @@ The engine publishes every state of every order: ``order.placed`` on
 ``<ns>.executions``. Folding those events gives back, per namespace: each
 strategy's book (fills applied in ledger ``sequence`` order, which the
 average-cost P&L depends on), the orders still resting, the most recent finished
-client order ids, and the highest sequence number. The fold is idempotent: an
-event published twice (a send retried after its acknowledgement was lost) counts
-once. Records that are not order events of the namespace are counted, not used.
+client order ids and signal ids, and the highest sequence number.
+
+The fold reads events in any order (two topics, several partitions) and is
+idempotent: an event published twice (a send retried after its acknowledgement
+was lost) counts once. It keeps little per event: a fill as five numbers and
+names, a placed order only until its end is seen. It can start from a snapshot
+(:mod:`services.trading_engine.snapshot`): events already in the snapshot are
+read only for their ids. Records that are not order events of the namespace are
+counted, not used.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,15 +27,11 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from core.config.settings import RedpandaSettings
 from core.schemas.events import EventType, OrderEvent, OrderStatus
 from core.schemas.topics import TopicMap
-from core.streaming.topic_reader import ScanResult, scan_topics
-from core.streaming.types import FetchedRecord, TopicPartition
+from core.streaming.types import FetchedRecord
 from services.trading_engine.book import Book
 from services.trading_engine.orders import OrderRequest
-
-logger = logging.getLogger(__name__)
 
 _STATUS_OF_TYPE = {
     EventType.ORDER_PLACED.value: OrderStatus.PLACED,
@@ -37,8 +39,7 @@ _STATUS_OF_TYPE = {
     EventType.ORDER_REJECTED.value: OrderStatus.REJECTED,
     EventType.ORDER_CANCELLED.value: OrderStatus.CANCELLED,
 }
-_TERMINAL = (OrderStatus.FILLED, OrderStatus.REJECTED, OrderStatus.CANCELLED)
-_NEVER = float("inf")
+_NEVER = math.inf
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class LedgerState:
     fills: int = 0
     ignored: int = 0
     duplicates: int = 0
+    from_snapshot: bool = False
 
 
 def request_of(event: OrderEvent) -> OrderRequest:
@@ -95,81 +97,149 @@ def event_time(envelope: Mapping[str, Any]) -> datetime:
     return datetime.fromtimestamp(0, UTC)
 
 
-class LedgerFold:
-    """Accumulates one namespace's order events, in any order, into a :class:`LedgerState`."""
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    def __init__(self, namespace: str, starting_cash: float, remember: int = 20_000) -> None:
+
+def _fill_of(data: Mapping[str, Any]) -> tuple[str, int, int, float] | None:
+    """(strategy, instrument, signed quantity, price) of a fill event, or None if unusable."""
+    strategy = data.get("strategy_id")
+    token = data.get("instrument_token")
+    qty = data.get("quantity")
+    action = data.get("action")
+    price = data.get("fill_price")
+    if not (isinstance(strategy, str) and strategy and isinstance(token, int)):
+        return None
+    if not (isinstance(qty, int) and qty > 0 and action in ("BUY", "SELL")):
+        return None
+    if not isinstance(price, int | float) or isinstance(price, bool) or not math.isfinite(price):
+        return None
+    if isinstance(token, bool) or isinstance(qty, bool):
+        return None
+    return strategy, token, qty if action == "BUY" else -qty, float(price)
+
+
+class LedgerFold:
+    """Accumulates one namespace's order events, in any order, into a :class:`LedgerState`.
+
+    ``base`` is a snapshot's state: its books and resting orders are the start;
+    events read with ``ids_only=True`` (those the snapshot already covers) only
+    refill the recent ids.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        starting_cash: float,
+        remember: int = 20_000,
+        base: LedgerState | None = None,
+    ) -> None:
         self.namespace = namespace
         self.starting_cash = starting_cash
         self.remember = remember
-        self._placed: dict[str, tuple[OrderEvent, datetime, str | None]] = {}
+        self._placed: dict[str, tuple[dict[str, Any], str | None, datetime]] = {}
         self._terminal: dict[str, tuple[OrderStatus, float]] = {}
-        self._fills: list[tuple[float, datetime, int, OrderEvent]] = []
+        self._fills: list[tuple[float, int, str, int, int, float]] = []
         self._signals: dict[str, float] = {}
         self._count = 0
         self.state = LedgerState(namespace)
+        self._base = base
+        if base is not None:
+            self.state.sequence = base.sequence
+            self.state.from_snapshot = True
+            for order in base.resting:
+                self._signals[order.request.signal_id] = order.sequence or 0
 
-    def add(self, envelope: Mapping[str, Any]) -> None:
+    def add(self, envelope: Mapping[str, Any], *, ids_only: bool = False) -> None:
         """Fold one decoded envelope (anything else is counted as ignored)."""
         status = _STATUS_OF_TYPE.get(str(envelope.get("type")))
         data = envelope.get("data")
         if status is None or not isinstance(data, dict):
             self.state.ignored += 1
             return
-        try:
-            event = OrderEvent.model_validate(data)
-        except ValidationError:
+        oid, signal_id, sequence = (
+            data.get("client_order_id"),
+            data.get("signal_id"),
+            data.get("sequence"),
+        )
+        usable = (
+            isinstance(oid, str)
+            and oid
+            and isinstance(signal_id, str)
+            and data.get("namespace") == self.namespace
+            and data.get("status") == status.value
+            and (sequence is None or (_is_int(sequence) and sequence >= 1))
+        )
+        if not usable:
             self.state.ignored += 1
             return
-        if event.namespace != self.namespace or event.status is not status:
-            self.state.ignored += 1
-            return
-        self.state.events += 1
-        seq = float(event.sequence) if event.sequence is not None else _NEVER
-        if event.sequence is not None:
-            self.state.sequence = max(self.state.sequence, event.sequence)
-        oid = event.client_order_id
-        self._signals[event.signal_id] = min(seq, self._signals.get(event.signal_id, _NEVER))
+        assert isinstance(oid, str) and isinstance(signal_id, str)
+        seq = float(sequence) if sequence is not None else _NEVER
+        if sequence is not None:
+            self.state.sequence = max(self.state.sequence, sequence)
+        self._signals[signal_id] = min(seq, self._signals.get(signal_id, _NEVER))
         if status is OrderStatus.PLACED:
+            if ids_only or oid in self._terminal:
+                return
             if oid in self._placed:
                 self.state.duplicates += 1
                 return
             correlation = envelope.get("correlation_id")
             self._placed[oid] = (
-                event,
-                event.placed_at.astimezone(UTC) if event.placed_at else event_time(envelope),
+                data,
                 correlation if isinstance(correlation, str) else None,
+                event_time(envelope),
             )
+            self.state.events += 1
             return
         if oid in self._terminal:
             self.state.duplicates += 1
             return
         self._terminal[oid] = (status, seq)
-        if status is OrderStatus.FILLED and event.fill_price is not None:
+        self._placed.pop(oid, None)
+        if ids_only:
+            return
+        self.state.events += 1
+        if status is OrderStatus.FILLED:
+            fill = _fill_of(data)
+            if fill is None:
+                self.state.ignored += 1
+                return
             self._count += 1
-            self._fills.append((seq, event_time(envelope), self._count, event))
+            self._fills.append((seq, self._count, *fill))
 
     def result(self) -> LedgerState:
         """Books with every fill applied in sequence order, resting orders, recent ids."""
         state = self.state
+        base = self._base
         state.books = {}
-        for _, _, _, fill in sorted(self._fills, key=lambda f: (f[0], f[1], f[2])):
-            book = state.books.get(fill.strategy_id)
+        if base is not None:
+            state.books = {sid: Book.from_dict(b.to_dict()) for sid, b in base.books.items()}
+        for _, _, strategy, token, signed, price in sorted(self._fills, key=lambda f: f[:2]):
+            book = state.books.get(strategy)
             if book is None:
-                book = state.books[fill.strategy_id] = Book(cash=self.starting_cash)
-            signed = fill.quantity if fill.action.value == "BUY" else -fill.quantity
-            assert fill.fill_price is not None
-            book.apply_fill(fill.instrument_token, signed, fill.fill_price)
+                book = state.books[strategy] = Book(cash=self.starting_cash)
+            book.apply_fill(token, signed, price)
         state.fills = len(self._fills)
-        resting = [
-            (event.sequence or 0, at, oid, event, correlation)
-            for oid, (event, at, correlation) in self._placed.items()
-            if oid not in self._terminal
-        ]
-        state.resting = [
-            RestingOrder(request_of(event), at, event.sequence, correlation)
-            for _, at, _, event, correlation in sorted(resting, key=lambda r: (r[0], r[1], r[2]))
-        ]
+        resting: list[tuple[float, datetime, RestingOrder]] = []
+        if base is not None:
+            for order in base.resting:
+                if order.request.client_order_id not in self._terminal:
+                    resting.append((order.sequence or 0, order.placed_at, order))
+        for oid, (data, correlation, at) in self._placed.items():
+            if oid in self._terminal:
+                continue
+            try:
+                event = OrderEvent.model_validate(data)
+                request = request_of(event)
+            except (ValidationError, ValueError):
+                state.ignored += 1
+                continue
+            placed_at = event.placed_at.astimezone(UTC) if event.placed_at else at
+            order = RestingOrder(request, placed_at, event.sequence, correlation)
+            resting.append((event.sequence or 0, placed_at, order))
+        resting.sort(key=lambda r: (r[0], r[1]))
+        state.resting = [order for _, _, order in resting]
         finished = sorted(self._terminal.items(), key=lambda item: item[1][1])
         state.finished = [(oid, status) for oid, (status, _) in finished[-self.remember :]]
         recent = sorted(self._signals.items(), key=lambda item: item[1])
@@ -194,55 +264,3 @@ def ledger_topics(namespaces: Iterable[str]) -> dict[str, str]:
         topics[routed.orders()] = namespace
         topics[routed.executions()] = namespace
     return topics
-
-
-@dataclass
-class LedgerRead:
-    """Ledger states by namespace, the other topics read with them, and what was read."""
-
-    states: dict[str, LedgerState]
-    ends: dict[TopicPartition, int]
-    records: int
-    undecodable: int
-    extra: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-
-async def read_ledger(
-    config: RedpandaSettings,
-    namespaces: Sequence[str],
-    *,
-    starting_cash: float,
-    remember: int = 20_000,
-    extra_tails: Mapping[str, int] | None = None,
-    timeout_s: float = 120.0,
-) -> LedgerRead:
-    """Fold the whole orders and executions ledger of ``namespaces`` in one pass.
-
-    ``extra_tails`` names other topics to read in the same pass (the last N
-    records of each partition); their decoded envelopes come back in ``extra``.
-    """
-    topics = ledger_topics(namespaces)
-    tails = dict(extra_tails or {})
-    folds = {ns: LedgerFold(ns, starting_cash, remember) for ns in namespaces}
-    extra: dict[str, list[dict[str, Any]]] = {topic: [] for topic in tails}
-    undecodable = 0
-
-    def on_batch(batch: Sequence[FetchedRecord]) -> None:
-        nonlocal undecodable
-        for record in batch:
-            envelope = decode_envelope(record)
-            if envelope is None:
-                undecodable += 1
-            elif record.topic in topics:
-                folds[topics[record.topic]].add(envelope)
-            else:
-                extra[record.topic].append(envelope)
-
-    scan: ScanResult = await scan_topics(
-        config, [*topics, *tails], on_batch, tail=tails, timeout_s=timeout_s
-    )
-    if undecodable:
-        logger.warning("ledger: %d record(s) that are not JSON objects were skipped", undecodable)
-    states = {ns: fold.result() for ns, fold in folds.items()}
-    ends = {tp: end for tp, end in scan.ends.items() if tp.topic in topics}
-    return LedgerRead(states, ends, scan.records, undecodable, extra)

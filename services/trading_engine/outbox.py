@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from core.schemas.events import EventType
 from core.streaming.infrastructure.message_producer import Payload
+from core.streaming.types import RecordMetadata
 
 
 class Publisher(Protocol):
@@ -50,11 +52,21 @@ class Outgoing:
     causation_id: str | None
 
 
-class Outbox:
-    """An ordered queue of events, sent one at a time; each leaves once acknowledged."""
+AckCallback = Callable[[RecordMetadata], None]
 
-    def __init__(self, publisher: Publisher) -> None:
+
+class Outbox:
+    """An ordered queue of events, sent one at a time; each leaves once acknowledged.
+
+    With ``on_ack`` and a publisher that can ``enqueue`` (``MessageProducer``),
+    each acknowledgement's topic, partition and offset is reported, so the owner
+    knows the ledger offsets its state corresponds to.
+    """
+
+    def __init__(self, publisher: Publisher, on_ack: AckCallback | None = None) -> None:
         self.publisher = publisher
+        self.on_ack = on_ack
+        self.sent = 0
         self._queue: deque[Outgoing] = deque()
         self._lock = asyncio.Lock()
 
@@ -78,12 +90,27 @@ class Outbox:
         async with self._lock:
             while self._queue:
                 item = self._queue[0]
-                await self.publisher.send(
-                    item.topic,
-                    item.key,
-                    item.payload,
-                    item.event_type,
-                    item.correlation_id,
-                    causation_id=item.causation_id,
+                enqueue: Callable[..., Awaitable[Any]] | None = getattr(
+                    self.publisher, "enqueue", None
                 )
+                if enqueue is not None and self.on_ack is not None:
+                    pending = await enqueue(
+                        item.topic,
+                        item.key,
+                        item.payload,
+                        item.event_type,
+                        item.correlation_id,
+                        causation_id=item.causation_id,
+                    )
+                    self.on_ack(await pending.ack)
+                else:
+                    await self.publisher.send(
+                        item.topic,
+                        item.key,
+                        item.payload,
+                        item.event_type,
+                        item.correlation_id,
+                        causation_id=item.causation_id,
+                    )
                 self._queue.popleft()
+                self.sent += 1

@@ -22,7 +22,13 @@ from core.schemas.events import EventType, MarketTick
 from core.schemas.topics import TopicMap, TopicNames
 from core.streaming.clients import create_admin
 from core.streaming.types import TopicPartition, TopicSpec
-from services.trading_engine.ledger import LedgerRead, ledger_topics, read_ledger
+from services.trading_engine.ledger import ledger_topics
+from services.trading_engine.ledger_store import (
+    SNAPSHOT_TOPIC_CONFIGS,
+    LedgerRead,
+    read_ledger,
+    snapshot_topic,
+)
 
 LEDGER_TOPIC_CONFIGS = {"retention.ms": "-1", "retention.bytes": "-1"}
 ENGINE_STAGE = "trading_engine"
@@ -33,17 +39,23 @@ PRICE_TAIL = 200
 def ledger_topic_specs(
     settings: Settings, namespaces: Iterable[str], partitions: int | None = None
 ) -> list[TopicSpec]:
-    """The ledger topics of ``namespaces``, with unlimited retention."""
+    """The ledger topics of ``namespaces`` (unlimited retention) and their snapshot topics."""
     cfg = settings.redpanda
-    return [
+    names = list(namespaces)
+    specs = [
         TopicSpec(
             topic,
             partitions or cfg.topic_partitions,
             cfg.topic_replication_factor,
             dict(LEDGER_TOPIC_CONFIGS),
         )
-        for topic in ledger_topics(namespaces)
+        for topic in ledger_topics(names)
     ]
+    specs.extend(
+        TopicSpec(snapshot_topic(ns), 1, cfg.topic_replication_factor, dict(SNAPSHOT_TOPIC_CONFIGS))
+        for ns in names
+    )
+    return specs
 
 
 async def ensure_ledger_topics(settings: Settings, namespaces: Iterable[str]) -> list[str]:

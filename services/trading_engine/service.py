@@ -40,14 +40,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from core.config.settings import RedpandaSettings, Settings
 from core.schemas.events import (
     EventType,
     MarketTick,
-    OrderStatus,
-    RejectedSignal,
     TradingSignal,
     utc_now,
 )
@@ -63,7 +61,8 @@ from services.trading_engine.engine_state import EngineState, PositionRow
 from services.trading_engine.limits import EngineLimits
 from services.trading_engine.market_hours import MarketStatus
 from services.trading_engine.metrics import EngineMetrics
-from services.trading_engine.orders import OrderRequest, OrderResult
+from services.trading_engine.order_events import EngineStats, OrderEvents
+from services.trading_engine.orders import OrderRequest
 from services.trading_engine.outbox import Outbox, Publisher
 from services.trading_engine.restore import Quote
 from services.trading_engine.trader_factory import Trader, TraderFactory
@@ -71,7 +70,6 @@ from services.trading_engine.trader_factory import Trader, TraderFactory
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "trading_engine"
-STAGE: Final = "trading_engine"
 _EXECUTED = "executed"
 _REJECTED = "rejected"
 
@@ -96,21 +94,6 @@ class Router(Protocol):
     """Which namespaces execute a strategy's signals (``ExecutionRouter``'s shape)."""
 
     async def get_target_namespaces(self, strategy_id: str) -> list[str]: ...
-
-
-@dataclass
-class EngineStats:
-    """Counters of what the engine did; duplicates are counted apart."""
-
-    signals_handled: int = 0
-    signals_rejected: int = 0
-    orders_placed: int = 0
-    orders_filled: int = 0
-    orders_rejected: int = 0
-    orders_cancelled: int = 0
-    duplicate_orders: int = 0
-    ticks_handled: int = 0
-    out_of_order_ticks: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +138,7 @@ class TradingEngineService(EngineState):
         self.metrics.watch_books(self)
         self._decisions: OrderedDict[str, str] = OrderedDict()
         self._closed_log = RateLimitedLog(logger)
+        self._folded_since_snapshot = 0
 
         prefix = settings.redpanda.group_id_prefix
         self.orchestrator: ServiceOrchestrator = (
@@ -174,7 +158,18 @@ class TradingEngineService(EngineState):
             .build()
         )
         self.orchestrator.add_metrics_registry(self.metrics.registry)
-        self._outbox = Outbox(publisher if publisher is not None else self.orchestrator.producer)
+        self._outbox = Outbox(
+            publisher if publisher is not None else self.orchestrator.producer, self.note_ack
+        )
+        self._sent_at_snapshot = 0
+        self.events = OrderEvents(
+            self._outbox,
+            self.topics,
+            self.stats,
+            self.metrics,
+            self._order_correlation,
+            self._clock,
+        )
 
     @property
     def publisher(self) -> Publisher:
@@ -202,6 +197,8 @@ class TradingEngineService(EngineState):
             if self.settings.trading.restore_on_start:
                 await restoring("rebuilding the books from the ledger", self.settings, self.restore)
                 await self._expire_resting()
+                if self._folded_since_snapshot >= self.settings.trading.snapshot_every > 0:
+                    await self._snapshot()
             await self.orchestrator.start()
         except BaseException:
             await self.trader_factory.shutdown()
@@ -236,14 +233,14 @@ class TradingEngineService(EngineState):
         if decision == _EXECUTED:
             for namespace in await self.execution_router.get_target_namespaces(signal.strategy_id):
                 await self._execute_on_trader(signal, namespace)
-        await self._outbox.flush()
+        await self._flush()
         self.stats.signals_handled += 1
 
     def _decide(self, signal: TradingSignal) -> str:
         """Execute, or queue a rejection: market closed, or one of the engine's limits."""
         status = self.market_hours_checker.status()
         if not status.is_open:
-            self._reject_signal(signal, f"market closed: {status.reason}", "market_closed")
+            self.events.reject_signal(signal, f"market closed: {status.reason}", "market_closed")
             self._closed_log.warning(
                 "market_closed",
                 "%s: signal %s of %s rejected: market closed (%s); "
@@ -257,7 +254,7 @@ class TradingEngineService(EngineState):
         quote = self.quote(signal.instrument_token)
         breach = self.limits.check(signal, quote.price if quote is not None else None)
         if breach is not None:
-            self._reject_signal(signal, breach.reason, breach.kind)
+            self.events.reject_signal(signal, breach.reason, breach.kind)
             return _REJECTED
         return _EXECUTED
 
@@ -277,7 +274,7 @@ class TradingEngineService(EngineState):
             causation_id = CorrelationContext.get_causation_id()
             for trader in list(self._traders.values()):
                 for fill in trader.on_tick(token, tick.last_price):
-                    self._record_fill(fill, causation_id)
+                    self.events.record_fill(fill, causation_id)
             self.stats.ticks_handled += 1
         await self._expire_resting()
 
@@ -301,23 +298,26 @@ class TradingEngineService(EngineState):
             self.stats.duplicate_orders += 1
             return
         self.metrics.signal_to_order.observe((self._clock() - signal.timestamp).total_seconds())
-        self._record_placement(result, CorrelationContext.get_correlation_id())
+        self.events.record_placement(result, CorrelationContext.get_correlation_id())
 
     async def _expire_resting(self) -> None:
         """Cancel resting orders past their lifetime, with an ``order.cancelled`` each."""
         expired = [r for trader in self._traders.values() for r in trader.expire(self._clock())]
         for result in expired:
-            self._count(result)
-            self._outbox.add(
-                TopicMap(result.namespace).executions(),
-                result.client_order_id,
-                result.to_event(),
-                EventType.ORDER_CANCELLED,
-                self._order_correlation.pop(result.client_order_id, None),
-                CorrelationContext.get_causation_id(),
-            )
+            self.events.record_cancel(result)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Publish what is queued; then, every ``SNAPSHOT_EVERY`` ledger events, a snapshot."""
         if self._outbox:
             await self._outbox.flush()
+        every = self.settings.trading.snapshot_every
+        if every and not self._outbox and self._outbox.sent - self._sent_at_snapshot >= every:
+            await self._snapshot()
+
+    async def _snapshot(self) -> None:
+        self._sent_at_snapshot = self._outbox.sent
+        await self.write_snapshots(self.publisher)
 
     # ------------------------------------------------------------------ read model
 
@@ -368,85 +368,6 @@ class TradingEngineService(EngineState):
         for signal_id in executed:
             self._remember(signal_id, _EXECUTED)
 
-    # ------------------------------------------------------------------ publishing
-
-    def _reject_signal(self, signal: TradingSignal, reason: str, kind: str) -> None:
-        """Queue the rejection of a signal the engine refused."""
-        rejection = RejectedSignal(
-            signal_id=signal.signal_id,
-            strategy_id=signal.strategy_id,
-            stage=STAGE,
-            reason=reason,
-            original_signal=signal.model_dump(mode="json"),
-        )
-        self._outbox.add(
-            self.topics.signals_rejected(),
-            signal.strategy_id,
-            rejection,
-            EventType.REJECTED_SIGNAL,
-            CorrelationContext.get_correlation_id(),
-            CorrelationContext.get_causation_id(),
-        )
-        self.stats.signals_rejected += 1
-        self.metrics.signals_rejected.labels(SERVICE_NAME, kind).inc()
-
-    def _record_placement(self, result: OrderResult, correlation_id: str | None) -> None:
-        """Queue the events of a new order's first state."""
-        oid = result.client_order_id
-        topics = TopicMap(result.namespace)
-        causation_id = CorrelationContext.get_causation_id()
-        self._count(result)
-        if result.status is OrderStatus.REJECTED:
-            self._outbox.add(
-                topics.executions(),
-                oid,
-                result.to_event(),
-                EventType.ORDER_REJECTED,
-                correlation_id,
-                causation_id,
-            )
-            return
-        self._order_correlation[oid] = correlation_id
-        self._outbox.add(
-            topics.orders(),
-            oid,
-            result.to_event(placement=True),
-            EventType.ORDER_PLACED,
-            correlation_id,
-            causation_id,
-        )
-        if result.status is OrderStatus.FILLED:
-            self._record_fill(result, causation_id)
-
-    def _record_fill(self, fill: OrderResult, causation_id: str | None) -> None:
-        """Queue an ``ORDER_FILLED`` in the chain of the signal that made the order."""
-        if fill.status is not OrderStatus.FILLED:
-            return
-        oid = fill.client_order_id
-        self.stats.orders_filled += 1
-        self.metrics.orders.labels(SERVICE_NAME, fill.namespace, "FILLED").inc()
-        if fill.placed_at is not None:
-            self.metrics.order_to_fill.observe((self._clock() - fill.placed_at).total_seconds())
-        self._outbox.add(
-            TopicMap(fill.namespace).executions(),
-            oid,
-            fill.to_event(),
-            EventType.ORDER_FILLED,
-            self._order_correlation.pop(oid, None),
-            causation_id,
-        )
-
-    def _count(self, result: OrderResult) -> None:
-        status = result.status
-        if status is OrderStatus.REJECTED:
-            self.stats.orders_rejected += 1
-        elif status is OrderStatus.CANCELLED:
-            self.stats.orders_cancelled += 1
-        else:
-            self.stats.orders_placed += 1
-            status = OrderStatus.PLACED
-        self.metrics.orders.labels(SERVICE_NAME, result.namespace, status.value).inc()
-
     # ------------------------------------------------------------------ restore
 
     async def restore(self) -> None:
@@ -454,9 +375,12 @@ class TradingEngineService(EngineState):
         started = time.monotonic()
         history = await self._read_history()
         executed: list[str] = []
+        self._folded_since_snapshot = 0
         for namespace, state in history.ledger.states.items():
             self.adopt_ledger(namespace, state)
             executed.extend(state.executed_signals)
+            self._folded_since_snapshot += state.events
+        self.ledger_ends = dict(history.ends)
         self._restore_decisions(executed, history.rejected_signal_ids)
         for token, quote in history.quotes.items():
             self.symbols[token] = quote.symbol or self.symbols.get(token, str(token))

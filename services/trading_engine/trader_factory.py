@@ -9,7 +9,7 @@ from typing import Protocol
 from core.config.settings import Settings
 from core.streaming.topic_names import validate_topic_name
 from services.trading_engine.book import Book
-from services.trading_engine.ledger import LedgerState
+from services.trading_engine.ledger import LedgerState, RestingOrder
 from services.trading_engine.orders import OrderRequest, OrderResult
 from services.trading_engine.paper_trader import (
     DEFAULT_MAX_REMEMBERED_ORDERS,
@@ -29,6 +29,9 @@ class Trader(Protocol):
     @property
     def starting_cash(self) -> float: ...
 
+    @property
+    def sequence(self) -> int: ...
+
     async def place_order(
         self, order: OrderRequest, last_price: float | None, price_time: datetime | None
     ) -> OrderResult: ...
@@ -42,6 +45,8 @@ class Trader(Protocol):
     def books(self) -> Mapping[str, Book]: ...
 
     def resting_orders(self) -> list[OrderResult]: ...
+
+    def resting_entries(self) -> list[RestingOrder]: ...
 
 
 class TraderFactory(Protocol):

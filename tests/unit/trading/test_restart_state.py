@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from core.config.settings import ReliabilitySettings, Settings, TradingSettings
 from core.schemas.events import (
@@ -273,3 +274,63 @@ async def test_warm_up_owes_no_signal_for_a_tick_older_than_the_price_age() -> N
         # only ticks of the last 5 s may still give signals
         assert len(sent) < runner.warmup.stale_signals
         assert runner.ticks_handled == 0
+
+
+async def test_a_restart_from_a_snapshot_gives_the_same_books_and_knows_old_order_ids() -> None:
+    clock = Clock(OPEN_AT)
+    base = Settings(trading=TradingSettings(snapshot_every=4))
+    async with StreamTestHarness(base) as harness:
+        first = engine(harness, clock)
+        signals = [trade(SignalAction.BUY if n % 3 else SignalAction.SELL, 5 + n) for n in range(6)]
+        resting = trade(limit=2_800.0, strategy="mean_reversion")
+        async with harness.running(first):
+            await send_tick(harness, 2_900.0, clock())
+            for n, signal in enumerate([*signals[:3], resting, *signals[3:]]):
+                await send_validated(harness, signal, f"c-{n}")
+            await harness.wait_idle()
+            before = books(first)
+        assert first.snapshots_written >= 2
+        snapshots = harness.produced("paper.ledger.snapshots")
+        assert snapshots and snapshots[-1]["type"] == "ledger.snapshot"
+
+        second = engine(harness, clock)
+        with capture_logs() as logs:
+            async with harness.running(second):
+                assert books(second) == before
+                [kept] = second.traders()["paper"].resting_orders()
+                assert kept.client_order_id == client_order_id(resting.signal_id, "paper")
+                await send_validated(harness, signals[0], "again")  # placed before the snapshot
+                await harness.wait_idle()
+        [restored] = [e for e in logs if e["event"] == "book restored"]
+        assert restored["snapshot"]  # started from a snapshot, not from offset 0
+        assert restored["order_events_read"] < 2 * len(signals)  # only what came after it
+        assert second.stats.duplicate_orders == 1
+        placed = [e["data"]["client_order_id"] for e in harness.produced(PAPER.orders())]
+        assert len(placed) == len(set(placed)) == 7
+
+
+async def test_a_snapshot_beyond_the_ledgers_end_is_ignored() -> None:
+    clock = Clock(OPEN_AT)
+    async with StreamTestHarness(Settings()) as harness:
+        first = engine(harness, clock)
+        async with harness.running(first):
+            await send_tick(harness, 2_900.0, clock())
+            await send_validated(harness, trade(quantity=7), "c-1")
+            await harness.wait_idle()
+            before = books(first)
+        bogus = {
+            "version": 1,
+            "namespace": "paper",
+            "taken_at": "2026-01-01T00:00:00+00:00",
+            "sequence": 99,
+            "ends": [["paper.executions", p, 1_000] for p in range(3)]
+            + [["paper.orders", p, 1_000] for p in range(3)],
+            "books": {"momentum": {"cash": 1.0, "realized": 0.0, "fills": 1, "positions": {}}},
+            "resting": [],
+        }
+        await harness.publish(
+            "paper.ledger.snapshots", bogus, key="paper", event_type="ledger.snapshot"
+        )
+        second = engine(harness, clock)
+        async with harness.running(second):
+            assert books(second) == before
