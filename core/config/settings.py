@@ -55,6 +55,10 @@ class RedpandaSettings(BaseModel):
     topic_partitions: int = Field(default=3, gt=0)
     topic_replication_factor: int = Field(default=1, gt=0)
     embedded_retention_records: int | None = Field(default=100_000, gt=0)
+    session_timeout_ms: int = Field(default=10_000, gt=0)
+    heartbeat_interval_ms: int = Field(default=3_000, gt=0)
+    max_poll_interval_ms: int = Field(default=300_000, gt=0)
+    rebalance_timeout_ms: int = Field(default=30_000, gt=0)
 
     @field_validator("security_protocol", "sasl_mechanism", mode="before")
     @classmethod
@@ -93,6 +97,23 @@ class RedpandaSettings(BaseModel):
             if missing:
                 raise ValueError(
                     f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_group_timeouts(self) -> RedpandaSettings:
+        # A member heartbeats several times per session, and neither a slow poll nor a
+        # rebalance may be cut shorter than a member's session.
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a "
+                f"third of session_timeout_ms ({self.session_timeout_ms})"
+            )
+        for name in ("max_poll_interval_ms", "rebalance_timeout_ms"):
+            if getattr(self, name) < self.session_timeout_ms:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must not be below session_timeout_ms "
+                    f"({self.session_timeout_ms})"
                 )
         return self
 
@@ -153,13 +174,15 @@ class ReliabilitySettings(BaseModel):
     dead_letter_suffix: str = ".dlq"
     metrics_enabled: bool = True
     commit_interval_ms: int = Field(default=1_000, gt=0)
-    commit_every: int = Field(default=500, gt=0)
+    commit_every: int = Field(default=10_000, gt=0)
     ordering: OrderingMode = "partition"
     default_concurrency: int = Field(default=1, ge=1)
     max_in_flight: int = Field(default=1_000, ge=1)
     max_in_flight_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     drain_timeout_s: float = Field(default=30.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
+    revocation_timeout_s: float = Field(default=5.0, gt=0)
+    handler_timeout_s: float | None = Field(default=None, gt=0)
     max_loop_restarts: int = Field(default=5, ge=0)
     exit_on_unhealthy: bool = False
 
@@ -268,14 +291,32 @@ class Settings(BaseSettings):
             if unknown:
                 continue
             try:
-                ReliabilitySettings.model_validate(self.reliability.model_dump() | overrides)
+                merged = ReliabilitySettings.model_validate(
+                    self.reliability.model_dump() | overrides
+                )
             except ValidationError as exc:
                 for err in exc.errors(include_input=False, include_url=False):
                     field = ENV_NESTED_DELIMITER.join(str(p) for p in err["loc"]).upper()
                     problems.append(f"{prefix}{field}: {err['msg']}")
+                continue
+            problems.extend(self._revocation_problems(merged, f"{prefix}REVOCATION_TIMEOUT_S"))
+        base = f"{ENV_PREFIX}RELIABILITY{ENV_NESTED_DELIMITER}REVOCATION_TIMEOUT_S"
+        problems.extend(self._revocation_problems(self.reliability, base))
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _revocation_problems(self, rel: ReliabilitySettings, variable: str) -> list[str]:
+        """The revocation wait must end well before the group gives up on the member."""
+        limit_s = self.redpanda.rebalance_timeout_ms / 2000
+        if rel.revocation_timeout_s <= limit_s:
+            return []
+        return [
+            f"{variable}: {rel.revocation_timeout_s:g} s must be at most half of "
+            f"{ENV_PREFIX}REDPANDA{ENV_NESTED_DELIMITER}REBALANCE_TIMEOUT_MS "
+            f"({self.redpanda.rebalance_timeout_ms} ms), so finished messages are committed "
+            "before the group moves on"
+        ]
 
     def _overrides_of(self, service_name: str) -> dict[str, Any]:
         wanted = _service_key(service_name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.streaming.topic_names import validate_topic_name
+from core.topic_names import validate_topic_name
 
 
 class TopicNames:

@@ -1,24 +1,34 @@
-"""Correlation context on contextvars, and a logger that carries it.
+"""Correlation context, the correlation step, and a logger that carries the context.
 
-Every handled message runs inside a :meth:`CorrelationContext.scope`: the
-correlation id of the chain it belongs to, the id of the event that caused the
-current work (``causation_id``), the service and the operation. Producers read
-the context to stamp outgoing envelopes; :class:`CorrelationLogger` adds it to
-every log line. The scope is reset when the message is done, so nothing leaks
-into the next one.
+While a handler runs, the current context says which chain of events the work
+belongs to (``correlation_id``), which event caused it (``causation_id``), the
+service and the operation. Producers read it to stamp outgoing envelopes;
+:class:`CorrelationLogger` adds it to every log line.
+
+In a flow, the :class:`CorrelationStep` marks each message of a run, and the
+context of the message being handled is built from its envelope only when
+something asks for it (a send, a log line): handling a message that produces
+nothing costs no ids and no objects. :meth:`CorrelationContext.scope` sets a
+context explicitly, for work outside a flow.
 """
 
 from __future__ import annotations
 
 import contextvars
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from core.schemas.events import generate_uuid7
+from core.streaming.infrastructure.consumed_message import ConsumedMessage, current_message
+
+if TYPE_CHECKING:
+    from core.streaming.reliability.steps import Batch, Next
+
+HEADER_TRACEPARENT = "traceparent"
+#: Longest id carried into a context (and so into logs and outgoing envelopes).
+MAX_CONTEXT_ID = 200
 
 
 class TraceContext:
@@ -26,7 +36,7 @@ class TraceContext:
 
     ``traceparent`` is the W3C trace context for work done here: it continues
     ``parent_traceparent`` (the incoming record's) with a new span id, made on
-    first use only, so handling a message that produces nothing costs no ids.
+    first use only.
     """
 
     __slots__ = (
@@ -59,18 +69,6 @@ class TraceContext:
         if self._traceparent is None:
             self._traceparent = new_traceparent(self.parent_traceparent)
         return self._traceparent
-
-    def renamed(self, operation: str) -> TraceContext:
-        """The same context under another operation name."""
-        ctx = TraceContext(
-            self.correlation_id,
-            self.causation_id,
-            self.service,
-            operation,
-            self.parent_traceparent,
-        )
-        ctx._traceparent = self._traceparent
-        return ctx
 
 
 _current: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar(
@@ -110,44 +108,30 @@ class CorrelationContext:
     """Reads and sets the correlation context of the current task."""
 
     @staticmethod
-    def start_new_trace(service: str, operation: str) -> str:
-        """Begin a new chain in the current context; returns its correlation id."""
-        correlation_id = generate_uuid7()
-        _current.set(TraceContext(correlation_id, None, service, operation))
-        return correlation_id
-
-    @staticmethod
-    def continue_trace(
-        correlation_id: str,
-        causation_id: str | None,
-        service: str,
-        operation: str,
-        traceparent: str | None = None,
-    ) -> None:
-        """Join an existing chain: work caused by event ``causation_id``."""
-        _current.set(TraceContext(correlation_id, causation_id, service, operation, traceparent))
-
-    @staticmethod
     def current() -> TraceContext | None:
-        """The context of the current task, if any."""
-        return _current.get()
+        """The context of the current task: an explicit scope, else the handled message's."""
+        ctx = _current.get()
+        if ctx is not None:
+            return ctx
+        message = current_message()
+        if message is None or message.correlator is None:
+            return None
+        if message.trace is None:
+            message.trace = message.correlator.context_of(message)
+        trace: TraceContext = message.trace
+        return trace
 
     @staticmethod
     def get_correlation_id() -> str | None:
         """Correlation id of the current chain, if any."""
-        ctx = _current.get()
+        ctx = CorrelationContext.current()
         return ctx.correlation_id if ctx else None
 
     @staticmethod
     def get_causation_id() -> str | None:
         """Id of the event being handled, if any."""
-        ctx = _current.get()
+        ctx = CorrelationContext.current()
         return ctx.causation_id if ctx else None
-
-    @staticmethod
-    def clear() -> None:
-        """Forget the current context."""
-        _current.set(None)
 
     @staticmethod
     def scope(
@@ -173,16 +157,38 @@ class CorrelationContext:
             )
         )
 
-    @staticmethod
-    @contextmanager
-    def operation(name: str) -> Iterator[None]:
-        """Rename the operation of the current context for a block."""
-        ctx = _current.get()
-        token = _current.set(ctx.renamed(name) if ctx else None)
-        try:
-            yield
-        finally:
-            _current.reset(token)
+
+def _bounded(value: Any) -> str | None:
+    if isinstance(value, str) and value and len(value) <= MAX_CONTEXT_ID:
+        return value
+    return None
+
+
+class CorrelationStep:
+    """Gives each message of a run its correlation context (built on first use)."""
+
+    def __init__(self, service_name: str, operation: str) -> None:
+        self.service_name = service_name
+        self.operation = operation
+
+    async def __call__(self, batch: Batch, call_next: Next) -> None:
+        for message in batch:
+            message.correlator = self
+        await call_next(batch)
+
+    def context_of(self, message: ConsumedMessage) -> TraceContext:
+        """The context of handling ``message``: its chain, caused by its event."""
+        value = message.value or {}
+        causation_id = _bounded(message.event_id)
+        header = message.header(HEADER_TRACEPARENT)
+        traceparent = header.decode("ascii", "replace")[:128] if header else None
+        return TraceContext(
+            _bounded(value.get("correlation_id")) or causation_id or generate_uuid7(),
+            causation_id,
+            self.service_name,
+            self.operation,
+            traceparent,
+        )
 
 
 class CorrelationLogger:
@@ -193,7 +199,7 @@ class CorrelationLogger:
         self._log = structlog.get_logger(logger_name)
 
     def _fields(self, fields: dict[str, Any]) -> dict[str, Any]:
-        ctx = _current.get()
+        ctx = CorrelationContext.current()
         base: dict[str, Any] = {"service": self.service_name}
         if ctx is not None:
             base["correlation_id"] = ctx.correlation_id

@@ -22,7 +22,7 @@ second replay of the same record is refused unless forced.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 import orjson
@@ -123,8 +123,15 @@ class DeadLetterRecord:
         return self.header(HEADER_FAILED_AT) or "?"
 
     def decoded_headers(self) -> dict[str, str]:
-        """Every header decoded (a repeated name keeps its last value; None shows ``<null>``)."""
-        return {key: _decode(value) or NULL_HEADER for key, value in self.headers}
+        """Every header decoded (a repeated name keeps its last value; a None value is ``""``)."""
+        return {key: _decode(value) or "" for key, value in self.headers}
+
+    def shown_headers(self) -> list[tuple[str, str]]:
+        """Every header, in order and repeats included, for display: None shows ``<null>``."""
+        return [
+            (key, NULL_HEADER if value is None else _decode(value) or "")
+            for key, value in self.headers
+        ]
 
     def payload_text(self, limit: int = 4_000) -> str:
         """The value as indented JSON when it is JSON, else an escaped byte string."""
@@ -278,28 +285,51 @@ def check_replay(
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """Where one replayed dead letter landed, and whether its replay mark was written."""
+    """Where one replayed dead letter landed, and whether its replay mark was written.
+
+    ``topic``, ``partition`` and ``offset`` are the broker's acknowledgement of
+    the copy; ``target`` is the same as ``topic[partition]@offset`` text.
+    """
 
     record: DeadLetterRecord
-    target: str
+    topic: str
+    partition: int
+    offset: int
     marked: bool
+
+    @property
+    def target(self) -> str:
+        """``topic[partition]@offset`` of the copy."""
+        return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
 async def replay_dead_letters(
     config: RedpandaSettings,
     records: Sequence[DeadLetterRecord],
     *,
-    target: str,
+    target: str | None = None,
     explicit_target: bool = False,
     force: bool = False,
+    suffix: str = ".dlq",
     service_name: str = "dlq-replay",
 ) -> list[ReplayResult]:
     """Send each record's original bytes to ``target`` with one producer; mark each replay.
 
-    Checks every record first (:func:`check_replay`) and sends nothing when one is
-    refused. A mark that cannot be written after a successful send is reported
-    (``marked=False``), not retried: the replay itself happened.
+    ``target`` defaults to the topic the records' dead-letter topic belongs to
+    (its name minus ``suffix``). Checks every record first (:func:`check_replay`)
+    and sends nothing when one is refused. A mark that cannot be written after a
+    successful send is reported (``marked=False``), not retried: the replay
+    itself happened.
     """
+    if not records:
+        return []
+    if target is None:
+        dlq_topics = {r.topic for r in records}
+        if len(dlq_topics) != 1:
+            raise ReplayRefusedError(
+                f"records of several topics {sorted(dlq_topics)}: name a target"
+            )
+        target = replay_target(dlq_topics.pop(), suffix)
     check_replay(records, target, explicit=explicit_target, force=force)
     dlq_topics = {r.topic for r in records}
     marks_topics = [replay_marks_topic(t) for t in sorted(dlq_topics)]
@@ -319,7 +349,7 @@ async def replay_dead_letters(
                 target,
                 record.key,
                 record.value,
-                record.replay_headers(),  # type: ignore[arg-type]
+                record.replay_headers(),
             )
             landed = f"{ack.topic}[{ack.partition}]@{ack.offset}"
             mark = ReplayMark(
@@ -330,11 +360,15 @@ async def replay_dead_letters(
                 await producer.send_raw(
                     replay_marks_topic(record.topic),
                     record.position.encode(),
-                    orjson.dumps(mark.__dict__),
+                    orjson.dumps(asdict(mark)),
                 )
             except Exception:
                 marked = False
-            results.append(ReplayResult(replace(record, replayed=mark), landed, marked))
+            results.append(
+                ReplayResult(
+                    replace(record, replayed=mark), ack.topic, ack.partition, ack.offset, marked
+                )
+            )
     finally:
         await producer.stop()
     return results

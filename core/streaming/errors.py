@@ -41,3 +41,39 @@ class PartitionNotAssignedError(StreamingError):
 
 class UnknownTopicOrPartitionError(StreamingError, ValueError):
     """The topic does not exist (and may not be created), or has no such partition."""
+
+
+class DecodeError(PermanentError):
+    """A message's bytes are not a decodable event; retrying cannot help."""
+
+
+class EmptyRecordError(PermanentError, ValueError):
+    """A record with neither key nor value: Kafka clients refuse to send one."""
+
+
+class OffsetOutOfRangeError(StreamingError):
+    """A partition has no valid fetch position and ``auto_offset_reset`` is ``"none"``.
+
+    Raised when the group has no committed offset for it, or the committed offset
+    lies outside the log (retention removed it, or the topic was recreated).
+    """
+
+
+class TopicCreationError(StreamingError, ValueError):
+    """The broker refused a topic as specified (partitions, replication factor, configs)."""
+
+
+class OutputFailedError(RetryableError):
+    """A send a handler started failed after the handler returned.
+
+    Retried like any transient failure: a record refused with the others of its
+    broker batch succeeds on its own, one that can never be sent is dead-lettered
+    once the retries are spent. The original error is the ``__cause__``.
+    """
+
+    @classmethod
+    def of(cls, cause: BaseException) -> OutputFailedError:
+        """The failure of a message whose send failed with ``cause``."""
+        error = cls(f"a send failed after the handler returned: {cause!r}")
+        error.__cause__ = cause
+        return error

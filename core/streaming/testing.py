@@ -48,7 +48,7 @@ class DeadLetter:
 
     key: bytes | None
     value: bytes | None
-    headers: dict[str, str]
+    headers: dict[str, str | None]
 
     @property
     def error_type(self) -> str | None:
@@ -201,6 +201,10 @@ class StreamTestHarness:
                 if flow.dispatcher.in_flight:
                     lines.append(f"{flow.name}: {flow.dispatcher.in_flight} in flight")
                     continue
+                if flow.checkpoint.pending:
+                    flow.checkpoint.request()  # outputs and done marks settle at a checkpoint
+                    lines.append(f"{flow.name}: {flow.checkpoint.pending} await their checkpoint")
+                    continue
                 consumer = flow.consumer
                 assignment = consumer.assignment()
                 if not assignment:
@@ -275,6 +279,8 @@ def _dead_letters(records: Sequence[FetchedRecord]) -> list[DeadLetter]:
     return [DeadLetter(r.key, r.value, _decode_headers(r.headers)) for r in records]
 
 
-def _decode_headers(headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes]) -> dict[str, str]:
+def _decode_headers(
+    headers: Sequence[tuple[str, bytes | None]] | Mapping[str, bytes | None],
+) -> dict[str, str | None]:
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k: v.decode("utf-8", "replace") for k, v in items}
+    return {k: None if v is None else v.decode("utf-8", "replace") for k, v in items}

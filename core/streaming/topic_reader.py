@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from uuid import uuid4
 
 from core.config.settings import RedpandaSettings
-from core.streaming.clients import ConsumerClient, create_admin, create_consumer
+from core.streaming.clients import ConsumerClient, ConsumerOptions, create_admin, create_consumer
 from core.streaming.types import FetchedRecord, TopicPartition
 
 BatchCallback = Callable[[Sequence[FetchedRecord]], None]
@@ -52,10 +52,7 @@ async def topic_exists(config: RedpandaSettings, topic: str) -> bool:
 
 def _reader(config: RedpandaSettings, topics: Sequence[str]) -> ConsumerClient:
     return create_consumer(
-        config,
-        list(topics),
-        f"tradestream-reader-{uuid4().hex[:10]}",
-        auto_offset_reset="earliest",
+        config, list(topics), f"tradestream-reader-{uuid4().hex[:10]}", ConsumerOptions("earliest")
     )
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.streaming.infrastructure.consumed_message import ConsumedMessage
 
 try:
     from opentelemetry import trace as _trace
@@ -74,3 +77,18 @@ def current_traceparent() -> str | None:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
     return carrier.get("traceparent")
+
+
+class TracingStep:
+    """Runs each handler call of a flow inside a consumer span (``message_scope``)."""
+
+    def __init__(self, service_name: str) -> None:
+        self.service_name = service_name
+
+    def message_scope(self, message: ConsumedMessage) -> Any:
+        """The span of handling ``message``, linked to its producer's span."""
+        header = message.header("traceparent")
+        traceparent = header.decode("ascii", "replace") if header else None
+        return handling_span(
+            self.service_name, message.topic, message.partition, message.offset, traceparent
+        )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-Headers = Sequence[tuple[str, bytes]]
+Headers = Sequence[tuple[str, bytes | None]]
 
 
 class TopicPartition(NamedTuple):
@@ -32,6 +32,26 @@ class Record:
     def topic_partition(self) -> TopicPartition:
         """The partition this record came from."""
         return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableRecord:
+    """A record the client could not decode, standing at its offset so the partition moves on.
+
+    Its key, value and headers are not handed out (they could not be read); the
+    original stays readable at ``topic``/``partition``/``offset``. ``client_error``
+    says what failed; ``size`` is the record's size in bytes when known.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    client_error: str
+    size: int | None = None
+    key: None = None
+    value: None = None
+    headers: Headers = ()
 
 
 class FetchedRecord(Protocol):

@@ -106,7 +106,7 @@ def dlq_show(
     headers = Table(title=f"{topic} {position}")
     headers.add_column("header", overflow="fold")
     headers.add_column("value", overflow="fold")
-    for key, value in record.decoded_headers().items():
+    for key, value in record.shown_headers():
         headers.add_row(key, value if key != "dlq.exception.traceback" else value[-1500:])
     width = WIDE_COLUMNS if wide else None
     console.print(headers, width=width)

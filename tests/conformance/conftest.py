@@ -8,10 +8,16 @@ cannot drift from Kafka unnoticed. The ``kafka`` backend needs
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -21,6 +27,7 @@ from core.config.settings import RedpandaSettings
 from core.streaming.clients import (
     AdminClient,
     ConsumerClient,
+    ConsumerOptions,
     ProducerClient,
     RebalanceListener,
     create_admin,
@@ -44,6 +51,28 @@ class RecordingListener:
         self.events.append(("assigned", frozenset(assigned)))
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MEMBER_PROCESS = Path(__file__).with_name("member_process.py")
+
+
+@dataclass
+class DoomedMember:
+    """A group member about to die: what it read, its generation and id, and its body."""
+
+    offsets: list[int]
+    generation: int
+    member_id: str | None
+    body: InMemoryConsumer | asyncio.subprocess.Process
+
+    async def kill(self) -> None:
+        """Kill it without a goodbye: SIGKILL for a process, stopped heartbeats in memory."""
+        if isinstance(self.body, InMemoryConsumer):
+            await self.body.crash()
+        else:
+            self.body.send_signal(signal.SIGKILL)
+            assert await self.body.wait() == -signal.SIGKILL
+
+
 class Backend:
     """One broker backend plus helpers that make clients and clean them up."""
 
@@ -56,6 +85,7 @@ class Backend:
         self._producers: list[ProducerClient] = []
         self._topics: list[str] = []
         self._admin: AdminClient | None = None
+        self._processes: list[asyncio.subprocess.Process] = []
         self._names = 0
 
     @property
@@ -79,13 +109,25 @@ class Backend:
             self._admin = admin
         return self._admin
 
-    async def topic(self, partitions: int = 3) -> str:
+    async def topic(self, partitions: int = 3, configs: dict[str, str] | None = None) -> str:
         """A new topic with ``partitions`` partitions, created through the admin client."""
         name = self.name_for("topic")
-        created = await (await self.admin()).create_topics([TopicSpec(name, partitions=partitions)])
+        spec = TopicSpec(name, partitions=partitions, configs=configs or {})
+        created = await (await self.admin()).create_topics([spec])
         assert created == [name]
         self._topics.append(name)
         return name
+
+    @property
+    def loss_options(self) -> ConsumerOptions:
+        """Group timeouts short enough for a test to wait out a lost member's session."""
+        if self.is_kafka:
+            return ConsumerOptions(
+                session_timeout_ms=3_000, heartbeat_interval_ms=500, rebalance_timeout_ms=6_000
+            )
+        return ConsumerOptions(
+            session_timeout_ms=300, heartbeat_interval_ms=100, rebalance_timeout_ms=600
+        )
 
     def consumer(
         self,
@@ -94,10 +136,10 @@ class Backend:
         *,
         listener: RebalanceListener | None = None,
         auto_offset_reset: str = "earliest",
+        options: ConsumerOptions | None = None,
     ) -> ConsumerClient:
-        consumer = create_consumer(
-            self.settings, topics, group, listener=listener, auto_offset_reset=auto_offset_reset
-        )
+        options = replace(options or ConsumerOptions(), auto_offset_reset=auto_offset_reset)
+        consumer = create_consumer(self.settings, topics, group, options, listener=listener)
         self._consumers.append(consumer)
         return consumer
 
@@ -108,8 +150,17 @@ class Backend:
         await consumer.start()
         return consumer
 
-    async def started_producer(self, **kwargs: Any) -> ProducerClient:
-        producer = create_producer(self.settings, **kwargs)
+    def track_topic(self, name: str) -> None:
+        """Delete ``name`` at the end too (a topic a scenario made some other way)."""
+        self._topics.append(name)
+
+    async def started_producer(
+        self, *, request_timeout_ms: int | None = None, **kwargs: Any
+    ) -> ProducerClient:
+        settings = self.settings
+        if request_timeout_ms is not None:
+            settings = settings.model_copy(update={"request_timeout_ms": request_timeout_ms})
+        producer = create_producer(settings, **kwargs)
         self._producers.append(producer)
         await producer.start()
         return producer
@@ -117,15 +168,51 @@ class Backend:
     def listener(self) -> RecordingListener:
         return RecordingListener()
 
-    async def kill(self, consumer: ConsumerClient) -> None:
-        """End a member without committing: a crash on memory, a stop on Kafka.
+    async def doomed_member(
+        self, topics: Sequence[str], group: str, *, read: int, commit: dict[TopicPartition, int]
+    ) -> DoomedMember:
+        """A member (with ``loss_options``) that fetched ``read`` records and committed.
 
-        Either way the group hands its partitions on from the last committed offset.
+        On Kafka it lives in a child process, to be killed with SIGKILL; on the
+        embedded broker it is a consumer whose heartbeats are stopped.
         """
-        if isinstance(consumer, InMemoryConsumer):
-            await consumer.crash()
-        else:
-            await consumer.stop()
+        if not self.is_kafka:
+            consumer = self.consumer(topics, group, options=self.loss_options)
+            await consumer.start()
+            records = await self.drain(consumer, read)
+            await consumer.commit(commit)
+            assert isinstance(consumer, InMemoryConsumer)
+            return DoomedMember(
+                [r.offset for r in records], consumer.generation, consumer.member_id, consumer
+            )
+        options = self.loss_options
+        spec = {
+            "bootstrap": self.settings.bootstrap_servers,
+            "topics": list(topics),
+            "group": group,
+            "options": {
+                "session_timeout_ms": options.session_timeout_ms,
+                "heartbeat_interval_ms": options.heartbeat_interval_ms,
+                "rebalance_timeout_ms": options.rebalance_timeout_ms,
+            },
+            "read": read,
+            "commit": [[tp.topic, tp.partition, offset] for tp, offset in commit.items()],
+            "linger_s": 90,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(MEMBER_PROCESS),
+            json.dumps(spec),
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+        self._processes.append(process)
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), self.timeout_s)
+        if not line:
+            pytest.fail(f"member process exited with {await process.wait()} before reporting")
+        report = json.loads(line)
+        return DoomedMember(report["offsets"], report["generation"], report["member"], process)
 
     async def drain(
         self, consumer: ConsumerClient, count: int, *, timeout_s: float | None = None
@@ -160,6 +247,10 @@ class Backend:
         return got
 
     async def close(self) -> None:
+        for process in self._processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await consumer.stop()

@@ -110,14 +110,20 @@ async def test_member_lost_without_commit_has_its_records_redelivered(backend: B
         await producer.send(topic, f"m{i}".encode(), partition=0)
     await producer.flush()
 
-    doomed = await backend.started_consumer([topic], group)
-    assert len(await backend.drain(doomed, 8)) == 8
-    await doomed.commit({tp: 3})
-    await backend.kill(doomed)
+    doomed = await backend.doomed_member([topic], group, read=8, commit={tp: 3})
+    assert doomed.offsets == list(range(8))
+    await doomed.kill()
+    killed_at = time.monotonic()
 
-    heir = await backend.started_consumer([topic], group)
+    heir = backend.consumer([topic], group, options=backend.loss_options)
+    await heir.start()
     redelivered = await backend.drain(heir, 5)
     assert [r.offset for r in redelivered] == [3, 4, 5, 6, 7]
+    # The dead member never left: the group waited for its session to run out.
+    session_s = (backend.loss_options.session_timeout_ms or 0) / 1000
+    assert time.monotonic() - killed_at >= session_s / 2
+    assert heir.generation > doomed.generation
+    assert heir.member_id != doomed.member_id
 
 
 async def test_members_split_partitions_and_one_takes_over_on_leave(backend: Backend) -> None:
@@ -360,3 +366,4 @@ async def test_admin_creates_idempotently_lists_and_deletes(backend: Backend) ->
     while name in await admin.list_topics():
         assert time.monotonic() < deadline, "topic still listed after delete"
         await asyncio.sleep(0.1)
+

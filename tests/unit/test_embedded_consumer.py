@@ -7,11 +7,14 @@ import time
 
 import pytest
 
+from core.streaming.broker_api import ConsumerOptions
 from core.streaming.embedded import (
     InMemoryBroker,
     InMemoryConsumer,
+    InMemoryProducer,
     OffsetOutOfRangeError,
     PartitionNotAssignedError,
+    UnknownTopicOrPartitionError,
 )
 from core.streaming.errors import ClientClosedError, CommitError
 from core.streaming.types import Record, TopicPartition
@@ -32,7 +35,8 @@ async def _ready(consumer: InMemoryConsumer, expected: set[TopicPartition]) -> N
 async def _started(
     broker: InMemoryBroker, topics: list[str] | None = None, group: str = "g", **kwargs: object
 ) -> InMemoryConsumer:
-    consumer = broker.consumer(topics or ["t"], group, **kwargs)  # type: ignore[arg-type]
+    options = ConsumerOptions(**kwargs)  # type: ignore[arg-type]
+    consumer = InMemoryConsumer(broker, topics or ["t"], group, options)
     await consumer.start()
     return consumer
 
@@ -115,7 +119,7 @@ async def test_max_records_and_fair_rotation() -> None:
 
 async def test_large_fetches_are_cheap() -> None:
     broker = InMemoryBroker(default_partitions=3)
-    producer = broker.producer()
+    producer = InMemoryProducer(broker)
     await producer.start()
     for i in range(30_000):
         await producer.send("t", b"x" * 64, key=str(i).encode())
@@ -174,8 +178,9 @@ async def test_seek_position_highwater_and_end_offsets() -> None:
         consumer.seek(TP0, -1)
     consumer.seek(TP0, 50)
     assert [r.offset for r in (await consumer.getmany())[TP0]] == list(range(10))
-    ends = await consumer.end_offsets([TP0, TopicPartition("missing", 0)])
-    assert ends == {TP0: 10, TopicPartition("missing", 0): 0}
+    assert await consumer.end_offsets([TP0]) == {TP0: 10}
+    with pytest.raises(UnknownTopicOrPartitionError):
+        await consumer.end_offsets([TP0, TopicPartition("missing", 0)])
 
 
 async def test_latest_starts_at_the_end() -> None:
@@ -239,7 +244,7 @@ async def test_commit_validation_is_all_or_nothing() -> None:
 
 async def test_lifecycle_errors() -> None:
     broker = InMemoryBroker()
-    consumer = broker.consumer(["t"], "g")
+    consumer = InMemoryConsumer(broker, ["t"], "g")
     assert consumer.assignment() == set() and consumer.paused() == set()
     with pytest.raises(ClientClosedError, match="not started"):
         await consumer.getmany()
@@ -252,7 +257,7 @@ async def test_lifecycle_errors() -> None:
         await consumer.committed(TP0)
     with pytest.raises(ClientClosedError):
         await consumer.start()
-    never = broker.consumer(["t"], "g")
+    never = InMemoryConsumer(broker, ["t"], "g")
     await never.stop()
     with pytest.raises(ClientClosedError):
         await never.start()
@@ -261,13 +266,17 @@ async def test_lifecycle_errors() -> None:
 def test_constructor_validates() -> None:
     broker = InMemoryBroker()
     with pytest.raises(ValueError):
-        broker.consumer(["t"], "g", auto_offset_reset="smallest")
+        InMemoryConsumer(broker, ["t"], "g", ConsumerOptions(auto_offset_reset="smallest"))
     with pytest.raises(ValueError):
-        broker.consumer(["t"], "g", max_poll_records=0)
+        InMemoryConsumer(broker, ["t"], "g", ConsumerOptions(max_poll_records=0))
+    with pytest.raises(ValueError, match="third"):
+        InMemoryConsumer(
+            broker, ["t"], "g", ConsumerOptions(session_timeout_ms=1000, heartbeat_interval_ms=400)
+        )
     with pytest.raises(ValueError):
-        broker.consumer(["t"], "")
+        InMemoryConsumer(broker, ["t"], "")
     with pytest.raises(TypeError):
-        broker.consumer("t", "g")
+        InMemoryConsumer(broker, "t", "g")
 
 
 async def test_stop_wakes_a_waiting_getmany() -> None:

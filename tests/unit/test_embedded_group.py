@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
+from core.streaming.broker_api import ConsumerOptions
 from core.streaming.embedded import InMemoryBroker, InMemoryConsumer
 from core.streaming.embedded.group import ConsumerGroup, assign_round_robin
 from core.streaming.errors import ClientClosedError, CommitError
@@ -18,6 +20,8 @@ def tps(topic: str, *partitions: int) -> frozenset[TopicPartition]:
 
 
 ALL = tps("t", 0, 1, 2)
+#: Group timeouts short enough for a test to wait out.
+FAST = ConsumerOptions(session_timeout_ms=150, heartbeat_interval_ms=30, rebalance_timeout_ms=150)
 
 
 class Recorder:
@@ -46,9 +50,12 @@ async def settle(*consumers: InMemoryConsumer, rounds: int = 200) -> None:
 
 
 async def member(
-    broker: InMemoryBroker, listener: Recorder | None = None, topics: list[str] | None = None
+    broker: InMemoryBroker,
+    listener: Recorder | None = None,
+    topics: list[str] | None = None,
+    options: ConsumerOptions | None = None,
 ) -> InMemoryConsumer:
-    consumer = broker.consumer(topics or ["t"], "g", listener=listener)
+    consumer = InMemoryConsumer(broker, topics or ["t"], "g", options, listener=listener)
     await consumer.start()
     return consumer
 
@@ -163,7 +170,7 @@ async def test_crash_redelivers_from_the_last_commit() -> None:
     for i in range(6):
         broker.append("t", str(i).encode())
     lc = Recorder()
-    doomed = await member(broker, lc)
+    doomed = await member(broker, lc, options=FAST)
     assert len(await drain(doomed, 6)) == 6
     await doomed.commit({TopicPartition("t", 0): 2})
     before = list(lc.events)
@@ -171,14 +178,19 @@ async def test_crash_redelivers_from_the_last_commit() -> None:
     assert lc.events == before
     with pytest.raises(ClientClosedError):
         await doomed.commit({TopicPartition("t", 0): 6})
-    heir = await member(broker)
+    # A killed member does not leave: it is still in the group until its session ends.
+    assert broker.group_assignment("g") != {}
+    heir = await member(broker, options=FAST)
+    started = time.monotonic()
     assert [r.offset for r in await drain(heir, 4)] == [2, 3, 4, 5]
+    assert time.monotonic() - started >= 0.1
+    assert set(broker.group_assignment("g")) == {heir.member_id}
 
 
 async def test_member_stuck_in_revocation_is_expelled_and_rejoins() -> None:
-    broker = InMemoryBroker(rebalance_timeout_ms=100)
+    broker = InMemoryBroker()
     la = Recorder()
-    a = await member(broker, la)
+    a = await member(broker, la, options=FAST)
     await settle(a)
     release = asyncio.Event()
     outcome: list[str] = []
@@ -192,9 +204,9 @@ async def test_member_stuck_in_revocation_is_expelled_and_rejoins() -> None:
             outcome.append("refused")
 
     la.on_revoke = stuck
-    b = await member(broker)
+    b = await member(broker, options=FAST)
     assert await b.getmany(timeout_ms=50) == {}
-    await asyncio.sleep(0.1)
+    await b.getmany(timeout_ms=300)
     await settle(b)
     assert b.assignment() == set(ALL)
     la.on_revoke = None
@@ -219,7 +231,7 @@ async def test_failing_listener_is_logged_and_the_group_goes_on(
     broker = InMemoryBroker()
     broker.append("t", b"x", partition=0)
     with caplog.at_level(logging.ERROR):
-        consumer = broker.consumer(["t"], "g", listener=Broken())
+        consumer = InMemoryConsumer(broker, ["t"], "g", listener=Broken())
         await consumer.start()
         assert len(await drain(consumer, 1)) == 1
     assert "on_partitions_revoked" in caplog.text
@@ -261,19 +273,22 @@ async def test_members_with_different_subscriptions() -> None:
 
 async def test_everyone_leaving_empties_the_group() -> None:
     broker = InMemoryBroker()
-    a = await member(broker)
-    b = await member(broker)
+    a = await member(broker, options=FAST)
+    b = await member(broker, options=FAST)
     await settle(a, b)
     await a.crash()
     await b.stop()
-    assert broker.group_assignment("g") == {}
+    deadline = time.monotonic() + 2
+    while broker.group_assignment("g"):
+        assert time.monotonic() < deadline, "the crashed member's session never ended"
+        await asyncio.sleep(0.02)
     c = await member(broker)
     await settle(c)
     assert c.assignment() == set(ALL)
 
 
 def test_members_dead_with_their_event_loop_are_dropped() -> None:
-    broker = InMemoryBroker(rebalance_timeout_ms=100)
+    broker = InMemoryBroker()
 
     async def first_loop() -> None:
         listener = Recorder()
@@ -288,7 +303,7 @@ def test_members_dead_with_their_event_loop_are_dropped() -> None:
         await asyncio.sleep(0.01)
 
     async def second_loop() -> set[TopicPartition]:
-        c = broker.consumer(["t"], "g")
+        c = InMemoryConsumer(broker, ["t"], "g")
         await c.start()
         await c.getmany(timeout_ms=400)
         await settle(c)
@@ -319,18 +334,18 @@ class FakeMember:
 
 
 def test_rebalance_deadline_is_rearmed_after_its_event_loop_closed() -> None:
-    group = ConsumerGroup("g", {"t": 2}.get, rebalance_timeout_ms=50)
+    group = ConsumerGroup("g", {"t": 2}.get)
     slow, newcomer = FakeMember("t"), FakeMember("t")
 
     async def first_loop() -> str:
-        member_id = group.join(slow, "c")
+        member_id = group.join(slow, "c", rebalance_timeout_ms=50)
         assert group.adopt(member_id) == (1, tps("t", 0, 1))
-        group.join(FakeMember("t"), "c")
+        group.join(FakeMember("t"), "c", rebalance_timeout_ms=50)
         assert group.must_revoke(member_id)
         return member_id
 
     async def second_loop() -> None:
-        group.join(newcomer, "c")
+        group.join(newcomer, "c", rebalance_timeout_ms=50)
         assert group.rebalancing
         await asyncio.sleep(0.1)
 
@@ -342,7 +357,7 @@ def test_rebalance_deadline_is_rearmed_after_its_event_loop_closed() -> None:
 
 
 def test_commit_rights_follow_the_protocol() -> None:
-    group = ConsumerGroup("g", {"t": 2}.get, rebalance_timeout_ms=10_000)
+    group = ConsumerGroup("g", {"t": 2}.get)
     a = group.join(FakeMember("t"), "c")
     generation, owned = group.adopt(a)
     assert owned == tps("t", 0, 1)
@@ -356,3 +371,33 @@ def test_commit_rights_follow_the_protocol() -> None:
     assert not group.owns(a, generation, tp)
     with pytest.raises(RuntimeError):
         group.adopt("unknown")
+
+
+async def test_a_member_whose_heartbeats_stop_is_expelled_after_its_session() -> None:
+    group = ConsumerGroup("g", {"t": 2}.get)
+    silent, beating = FakeMember("t"), FakeMember("t")
+    silent_id = group.join(silent, "c", session_timeout_ms=100, rebalance_timeout_ms=100)
+    beating_id = group.join(beating, "c", session_timeout_ms=100, rebalance_timeout_ms=100)
+    generation = group.generation
+    assert not group.rebalancing and len(group.assignment()) == 2
+    for _ in range(10):
+        await asyncio.sleep(0.03)
+        assert group.heartbeat(beating_id)
+    assert silent.expelled and silent_id not in group.members
+    assert not beating.expelled and beating_id in group.members
+    assert not group.heartbeat(silent_id)
+    assert group.generation > generation
+    assert group.assignment() == {beating_id: tps("t", 0, 1)}
+
+
+async def test_the_rebalance_waits_for_the_largest_rebalance_timeout_of_its_members() -> None:
+    group = ConsumerGroup("g", {"t": 2}.get)
+    holder = FakeMember("t")
+    holder_id = group.join(holder, "c", session_timeout_ms=10_000, rebalance_timeout_ms=300)
+    group.adopt(holder_id)
+    group.join(FakeMember("t"), "c", session_timeout_ms=10_000, rebalance_timeout_ms=50)
+    assert group.must_revoke(holder_id)
+    await asyncio.sleep(0.15)
+    assert group.rebalancing and not holder.expelled
+    await asyncio.sleep(0.25)
+    assert holder.expelled and not group.rebalancing

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.streaming.embedded.log import PartitionLog, estimate_record_size
+from core.streaming.embedded.log import PartitionLog, estimate_record_size, record_batch_size
 
 
 def _fill(log: PartitionLog, count: int) -> None:
@@ -59,3 +60,19 @@ def test_size_estimate_equals_aiokafkas(
 ) -> None:
     expected = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
     assert estimate_record_size(key, value, headers) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers"),
+    [
+        (None, b"v", []),
+        (b"k" * 300, None, [("n", None), ("h", b"x" * 200)]),
+        (b"", b"v" * 70_000, [("ü", b"")]),
+    ],
+)
+def test_record_batch_size_is_the_size_of_the_batch_aiokafka_builds(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes | None]]
+) -> None:
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 10_000_000)
+    builder.append(0, 1_700_000_000_000, key, value, headers)
+    assert record_batch_size(key, value, headers) == len(builder.build())

@@ -56,7 +56,11 @@ def test_partition_for_key_needs_partitions() -> None:
         partition_for_key(b"k", 0)
 
 
-def test_round_robin_cycles_per_topic() -> None:
+def test_round_robin_cycles_per_topic_from_a_random_start() -> None:
     spread = RoundRobin()
-    assert [spread.choose("a", 3) for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
-    assert [spread.choose("b", 2) for _ in range(3)] == [0, 1, 0]
+    a = [spread.choose("a", 3) for _ in range(7)]
+    assert a == [(a[0] + i) % 3 for i in range(7)]
+    b = [spread.choose("b", 2) for _ in range(3)]
+    assert b == [(b[0] + i) % 2 for i in range(3)]
+    firsts = {RoundRobin().choose("t", 3) for _ in range(60)}
+    assert firsts == {0, 1, 2}

@@ -6,7 +6,13 @@ import asyncio
 
 import pytest
 
-from core.streaming.embedded import InMemoryBroker, UnknownTopicOrPartitionError
+from core.streaming.embedded import (
+    InMemoryAdmin,
+    InMemoryBroker,
+    InMemoryConsumer,
+    InMemoryProducer,
+    UnknownTopicOrPartitionError,
+)
 from core.streaming.errors import ClientClosedError, MessageTooLargeError
 from core.streaming.topic_names import InvalidTopicNameError
 from core.streaming.types import StoredRecord, TopicPartition, TopicSpec
@@ -14,7 +20,7 @@ from core.streaming.types import StoredRecord, TopicPartition, TopicSpec
 
 async def test_send_returns_a_completed_acknowledgement() -> None:
     broker = InMemoryBroker()
-    producer = broker.producer()
+    producer = InMemoryProducer(broker)
     await producer.start()
     ack = await producer.send("orders", b"v", key=b"k", headers=[("h", b"1")])
     assert isinstance(ack, asyncio.Future) and ack.done()
@@ -33,7 +39,7 @@ async def test_send_returns_a_completed_acknowledgement() -> None:
 
 async def test_every_send_is_stored_exactly_once() -> None:
     broker = InMemoryBroker()
-    producer = broker.producer()
+    producer = InMemoryProducer(broker)
     await producer.start()
     acks = [await producer.send("t", str(i).encode(), key=b"same") for i in range(50)]
     await producer.flush()
@@ -44,7 +50,7 @@ async def test_every_send_is_stored_exactly_once() -> None:
 
 async def test_unkeyed_records_are_spread_and_explicit_partition_wins() -> None:
     broker = InMemoryBroker(default_partitions=3)
-    producer = broker.producer()
+    producer = InMemoryProducer(broker)
     await producer.start()
     spread = [(await (await producer.send("t", b"x"))).partition for _ in range(6)]
     assert sorted(spread) == [0, 0, 1, 1, 2, 2]
@@ -58,7 +64,7 @@ async def test_unkeyed_records_are_spread_and_explicit_partition_wins() -> None:
 
 async def test_missing_topic_without_auto_creation_is_an_error() -> None:
     broker = InMemoryBroker(auto_create_topics=False)
-    producer = broker.producer()
+    producer = InMemoryProducer(broker)
     await producer.start()
     with pytest.raises(UnknownTopicOrPartitionError, match="does not exist"):
         await producer.send("nope", b"x")
@@ -71,7 +77,7 @@ async def test_missing_topic_without_auto_creation_is_an_error() -> None:
 
 async def test_auto_created_topics_get_the_default_partitions() -> None:
     broker = InMemoryBroker(default_partitions=4)
-    producer = broker.producer()
+    producer = InMemoryProducer(broker)
     await producer.start()
     assert await producer.partitions_for("fresh") == {0, 1, 2, 3}
     await producer.send("other", b"x")
@@ -80,22 +86,23 @@ async def test_auto_created_topics_get_the_default_partitions() -> None:
 
 async def test_too_large_records_name_size_and_limit_and_store_nothing() -> None:
     broker = InMemoryBroker(max_message_bytes=5000)
-    producer = broker.producer(max_request_size=1000)
+    producer = InMemoryProducer(broker, max_request_size=1000)
     await producer.start()
     broker.create_topic("t", 1)
     with pytest.raises(MessageTooLargeError, match=r"1\d{3} bytes.*1000"):
         await producer.send("t", b"x" * 1000)
-    roomy = broker.producer(max_request_size=10_000)
+    roomy = InMemoryProducer(broker, max_request_size=10_000)
     await roomy.start()
+    ack = await roomy.send("t", b"x" * 6000)  # the broker refuses it on the ack
     with pytest.raises(MessageTooLargeError, match="5000"):
-        await roomy.send("t", b"x" * 6000)
+        await ack
     assert broker.records("t") == []
     assert broker.end_offset(TopicPartition("t", 0)) == 0
 
 
 async def test_bad_input_is_refused() -> None:
     broker = InMemoryBroker()
-    producer = broker.producer()
+    producer = InMemoryProducer(broker)
     await producer.start()
     with pytest.raises(InvalidTopicNameError):
         await producer.send("bad name", b"x")
@@ -112,7 +119,7 @@ async def test_bad_input_is_refused() -> None:
 
 async def test_producer_lifecycle() -> None:
     broker = InMemoryBroker()
-    producer = broker.producer()
+    producer = InMemoryProducer(broker)
     with pytest.raises(ClientClosedError):
         await producer.send("t", b"x")
     await producer.start()
@@ -131,7 +138,7 @@ async def test_producer_lifecycle() -> None:
 
 async def test_admin_is_idempotent_and_validates() -> None:
     broker = InMemoryBroker()
-    admin = broker.admin()
+    admin = InMemoryAdmin(broker)
     with pytest.raises(ClientClosedError):
         await admin.list_topics()
     await admin.start()
@@ -176,7 +183,7 @@ async def test_inspection_api() -> None:
     with pytest.raises(UnknownTopicOrPartitionError):
         broker.partition_count("missing")
 
-    consumer = broker.consumer(["t"], "g")
+    consumer = InMemoryConsumer(broker, ["t"], "g")
     await consumer.start()
     while sum(len(b) for b in (await consumer.getmany(timeout_ms=100)).values()) == 0:
         pass

@@ -7,7 +7,12 @@ from uuid import uuid4
 import pytest
 
 from core.config.settings import RedpandaSettings
-from core.streaming.clients import create_admin, create_consumer, create_producer
+from core.streaming.clients import (
+    ConsumerOptions,
+    create_admin,
+    create_consumer,
+    create_producer,
+)
 from core.streaming.embedded import (
     InMemoryAdmin,
     InMemoryBroker,
@@ -55,7 +60,6 @@ def test_broker_options_are_validated() -> None:
         {"default_partitions": 0},
         {"retention_records": 0},
         {"max_message_bytes": 0},
-        {"rebalance_timeout_ms": 0},
     ):
         with pytest.raises(ValueError):
             InMemoryBroker(**options)  # type: ignore[arg-type]
@@ -65,7 +69,7 @@ def test_makers_build_embedded_clients_on_the_urls_broker() -> None:
     url = f"memory://test-{uuid4().hex}"
     try:
         settings = RedpandaSettings(bootstrap_servers=url)
-        consumer = create_consumer(settings, ["t"], "g", max_poll_records=7)
+        consumer = create_consumer(settings, ["t"], "g", ConsumerOptions(max_poll_records=7))
         assert isinstance(consumer, InMemoryConsumer)
         assert consumer._broker is get_broker(url)
         assert consumer._max_poll_records == 7

@@ -1,11 +1,12 @@
 """The embedded in-memory Kafka stand-in, selected by ``memory://`` bootstrap servers.
 
-``get_broker(url)`` returns the process-wide broker of a URL; its ``consumer``,
-``producer`` and ``admin`` clients implement the client surface of
-``core.streaming.clients`` with Kafka's semantics: murmur2 key partitioning, consumer
+``get_broker(url)`` returns the process-wide broker of a URL; ``InMemoryConsumer``,
+``InMemoryProducer`` and ``InMemoryAdmin`` on it implement the client surface of
+``core.streaming.broker_api`` with Kafka's semantics: murmur2 key partitioning, consumer
 groups with eager rebalances, committed offsets and redelivery from the last commit.
 """
 
+from core.streaming.embedded.admin import InMemoryAdmin
 from core.streaming.embedded.broker import (
     InMemoryBroker,
     broker_name,
@@ -13,13 +14,14 @@ from core.streaming.embedded.broker import (
     get_broker,
     reset_broker,
 )
-from core.streaming.embedded.clients import InMemoryAdmin, InMemoryConsumer, InMemoryProducer
+from core.streaming.embedded.consumer import InMemoryConsumer
 from core.streaming.embedded.errors import (
     OffsetOutOfRangeError,
     PartitionNotAssignedError,
     UnknownTopicOrPartitionError,
 )
 from core.streaming.embedded.partitioner import murmur2, partition_for_key
+from core.streaming.embedded.producer import InMemoryProducer
 
 __all__ = [
     "InMemoryAdmin",

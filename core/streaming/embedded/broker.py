@@ -1,35 +1,44 @@
 """The embedded in-memory broker and its process-wide registry by ``memory://`` URL.
 
-``InMemoryBroker`` keeps topics of partitioned logs, consumer groups with committed
-offsets, and hands out clients that implement the same surface as the Kafka adapters
-in ``core.streaming.clients``. Everything runs inside one event loop; no mutation
-awaits halfway, so concurrent tasks always see consistent state.
+``InMemoryBroker`` keeps topics of partitioned logs and consumer groups with committed
+offsets; the clients in ``consumer.py``, ``producer.py`` and ``admin.py`` work on it.
+Everything runs inside one event loop; no mutation awaits halfway, so concurrent tasks
+always see consistent state.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from core.streaming.embedded.clients import InMemoryAdmin, InMemoryConsumer, InMemoryProducer
 from core.streaming.embedded.errors import UnknownTopicOrPartitionError
 from core.streaming.embedded.group import ConsumerGroup
-from core.streaming.embedded.log import PartitionLog, estimate_record_size
+from core.streaming.embedded.log import PartitionLog, record_batch_size
 from core.streaming.embedded.partitioner import RoundRobin, partition_for_key
-from core.streaming.errors import MessageTooLargeError
-from core.streaming.topic_names import validate_topic_name
+from core.streaming.errors import EmptyRecordError, MessageTooLargeError, TopicCreationError
 from core.streaming.types import Headers, Record, TopicPartition
-
-if TYPE_CHECKING:
-    from core.streaming.clients import RebalanceListener
+from core.topic_names import InvalidTopicNameError, validate_topic_name
 
 MEMORY_SCHEME = "memory://"
 DEFAULT_BROKER_NAME = "default"
+#: Kafka's default ``message.max.bytes``: 1 MiB plus the 12-byte log overhead.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+#: The topic config that overrides ``message.max.bytes`` for one topic.
+MAX_MESSAGE_BYTES_CONFIG = "max.message.bytes"
+
+
+class Subscriber(Protocol):
+    """Who wants to hear of new records: a consumer and its subscribed topics."""
+
+    @property
+    def topics(self) -> frozenset[str]: ...
+
+    def notify_data(self) -> None: ...
 
 
 class _Topic:
-    __slots__ = ("configs", "name", "partitions")
+    __slots__ = ("configs", "max_message_bytes", "name", "partitions")
 
     def __init__(
         self, name: str, partitions: int, retention_records: int | None, configs: Mapping[str, str]
@@ -37,6 +46,26 @@ class _Topic:
         self.name = name
         self.configs = dict(configs)
         self.partitions = [PartitionLog(name, p, retention_records) for p in range(partitions)]
+        limit = self.configs.get(MAX_MESSAGE_BYTES_CONFIG)
+        self.max_message_bytes = None if limit is None else _positive_int(name, limit)
+
+
+def _positive_int(topic: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise TopicCreationError(
+            f"topic {topic!r}: invalid value {value!r} for {MAX_MESSAGE_BYTES_CONFIG}, "
+            "expected a positive integer"
+        )
+    return number
+
+
+def collision_key(name: str) -> str:
+    """Kafka's name under which ``x.y`` and ``x_y`` are the same topic (metric names)."""
+    return name.replace(".", "_")
 
 
 class InMemoryBroker:
@@ -50,9 +79,9 @@ class InMemoryBroker:
         retention_records: keep at most this many records per partition, dropping
             the oldest (None keeps everything).
         max_message_bytes: largest record batch the broker accepts (Kafka's
-            ``message.max.bytes``).
-        rebalance_timeout_ms: how long a rebalance waits for a member to give up its
-            partitions before expelling it (aiokafka's ``rebalance_timeout_ms``).
+            ``message.max.bytes``); a topic's ``max.message.bytes`` config
+            overrides it for that topic. Records are checked as one-record
+            batches, exactly sized.
     """
 
     def __init__(
@@ -60,8 +89,7 @@ class InMemoryBroker:
         default_partitions: int = 3,
         auto_create_topics: bool = True,
         retention_records: int | None = None,
-        max_message_bytes: int = 1_048_576,
-        rebalance_timeout_ms: int = 10_000,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if default_partitions <= 0:
             raise ValueError(f"default_partitions must be positive, got {default_partitions}")
@@ -69,71 +97,41 @@ class InMemoryBroker:
             raise ValueError(f"retention_records must be positive, got {retention_records}")
         if max_message_bytes <= 0:
             raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
-        if rebalance_timeout_ms <= 0:
-            raise ValueError(f"rebalance_timeout_ms must be positive, got {rebalance_timeout_ms}")
         self.default_partitions = default_partitions
         self.auto_create_topics = auto_create_topics
         self.retention_records = retention_records
         self.max_message_bytes = max_message_bytes
-        self.rebalance_timeout_ms = rebalance_timeout_ms
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, ConsumerGroup] = {}
-        self._watchers: dict[str, set[InMemoryConsumer]] = {}
+        self._watchers: dict[str, set[Subscriber]] = {}
         self._round_robin = RoundRobin()
 
     def __repr__(self) -> str:
         return f"InMemoryBroker(topics={len(self._topics)}, groups={len(self._groups)})"
-
-    @property
-    def rebalance_timeout_s(self) -> float:
-        """``rebalance_timeout_ms`` in seconds."""
-        return self.rebalance_timeout_ms / 1000
-
-    # ------------------------------------------------------------------ clients
-
-    def consumer(
-        self,
-        topics: Sequence[str],
-        group_id: str,
-        *,
-        listener: RebalanceListener | None = None,
-        auto_offset_reset: str = "earliest",
-        max_poll_records: int = 500,
-        client_id: str | None = None,
-    ) -> InMemoryConsumer:
-        """A consumer in ``group_id`` subscribed to ``topics``; joins on ``start()``."""
-        return InMemoryConsumer(
-            self,
-            topics,
-            group_id,
-            listener=listener,
-            auto_offset_reset=auto_offset_reset,
-            max_poll_records=max_poll_records,
-            client_id=client_id,
-        )
-
-    def producer(
-        self, *, max_request_size: int = 1_048_576, client_id: str | None = None
-    ) -> InMemoryProducer:
-        """A producer refusing records above ``max_request_size`` bytes."""
-        return InMemoryProducer(self, max_request_size=max_request_size, client_id=client_id)
-
-    def admin(self) -> InMemoryAdmin:
-        """An admin client for topics."""
-        return InMemoryAdmin(self)
 
     # ------------------------------------------------------------------ topics
 
     def create_topic(
         self, name: str, partitions: int | None = None, *, configs: Mapping[str, str] | None = None
     ) -> bool:
-        """Create ``name``; False if it already exists (its partitions are left alone)."""
+        """Create ``name``; False if it already exists (its partitions are left alone).
+
+        Raises ``InvalidTopicNameError`` for an illegal name or one that collides with
+        an existing topic (``x.y`` against ``x_y``), and ``TopicCreationError`` for a
+        partition count below 1 or a bad ``max.message.bytes``.
+        """
         validate_topic_name(name)
         count = self.default_partitions if partitions is None else partitions
-        if count <= 0:
-            raise ValueError(f"topic {name!r}: partitions must be positive, got {count}")
+        if isinstance(count, bool) or count <= 0:
+            raise TopicCreationError(
+                f"topic {name!r}: number of partitions must be positive, got {count}"
+            )
         if name in self._topics:
             return False
+        key = collision_key(name)
+        for other in self._topics:
+            if collision_key(other) == key:
+                raise InvalidTopicNameError(f"Topic {name!r} collides with existing topic: {other}")
         self._topics[name] = _Topic(name, count, self.retention_records, configs or {})
         self._rebalance_subscribers(name)
         return True
@@ -144,13 +142,22 @@ class InMemoryBroker:
         return len(topic.partitions)
 
     def delete_topic(self, name: str) -> bool:
-        """Delete ``name``, its records and its committed offsets; False if missing."""
+        """Delete ``name``, its records and its committed offsets; False if missing.
+
+        With auto-creation on, a topic a live group member still subscribes to comes
+        back at once, empty, with the default partition count: a Kafka consumer's
+        next metadata request re-creates it the same way.
+        """
         if self._topics.pop(name, None) is None:
             return False
         for group in self._groups.values():
             for tp in [tp for tp in group.committed if tp.topic == name]:
                 del group.committed[tp]
-        self._rebalance_subscribers(name)
+        subscribed = any(name in group.subscribed_topics() for group in self._groups.values())
+        if self.auto_create_topics and subscribed:
+            self.create_topic(name)
+        else:
+            self._rebalance_subscribers(name)
         return True
 
     def topics(self) -> dict[str, int]:
@@ -184,7 +191,11 @@ class InMemoryBroker:
             raise UnknownTopicOrPartitionError(
                 f"topic {name!r} does not exist and auto-creation is off"
             )
-        self.create_topic(name)
+        try:
+            self.create_topic(name)
+        except InvalidTopicNameError as exc:
+            # Kafka answers a metadata request for such a name with an unknown topic.
+            raise UnknownTopicOrPartitionError(f"topic {name!r} cannot be created: {exc}") from exc
         return self._topics[name]
 
     def _log_or_raise(self, tp: TopicPartition) -> PartitionLog:
@@ -205,23 +216,27 @@ class InMemoryBroker:
         partition: int | None = None,
         timestamp_ms: int | None = None,
         round_robin: RoundRobin | None = None,
-        size: int | None = None,
     ) -> Record:
         """Store one record as a producer would and return it with its offset.
 
         The partition is ``partition`` if given, else Kafka's murmur2 choice for
-        ``key``, else the next one in turn. Raises ``MessageTooLargeError`` above
-        ``max_message_bytes`` and ``UnknownTopicOrPartitionError`` for a missing topic
-        (without auto-creation) or partition.
+        ``key``, else the next one in turn. Raises ``EmptyRecordError`` without key
+        and value, ``UnknownTopicOrPartitionError`` for a missing topic (without
+        auto-creation) or partition, and ``MessageTooLargeError`` when the record,
+        as a one-record batch, is above the topic's ``max.message.bytes`` (or the
+        broker's ``max_message_bytes``).
         """
+        if key is None and value is None:
+            raise EmptyRecordError(f"record for {topic} has neither key nor value")
         headers = tuple(headers)
-        record_size = estimate_record_size(key, value, headers) if size is None else size
-        if record_size > self.max_message_bytes:
-            raise MessageTooLargeError(
-                f"record for {topic} is {record_size} bytes, above the broker's "
-                f"max_message_bytes of {self.max_message_bytes}; nothing was stored"
-            )
         target = self._topic_for_write(topic)
+        limit = target.max_message_bytes or self.max_message_bytes
+        size = record_batch_size(key, value, headers)
+        if size > limit:
+            raise MessageTooLargeError(
+                f"record for {topic} is {size} bytes as a record batch, above the topic's "
+                f"limit of {limit} bytes (max.message.bytes); nothing was stored"
+            )
         count = len(target.partitions)
         if partition is None:
             if key is not None:
@@ -244,17 +259,15 @@ class InMemoryBroker:
         """The group ``group_id``, created on first use."""
         group = self._groups.get(group_id)
         if group is None:
-            group = self._groups[group_id] = ConsumerGroup(
-                group_id, self._partitions_if_exists, self.rebalance_timeout_ms
-            )
+            group = self._groups[group_id] = ConsumerGroup(group_id, self._partitions_if_exists)
         return group
 
-    def watch(self, consumer: InMemoryConsumer) -> None:
+    def watch(self, consumer: Subscriber) -> None:
         """Wake ``consumer`` whenever one of its topics gets a record."""
         for topic in consumer.topics:
             self._watchers.setdefault(topic, set()).add(consumer)
 
-    def unwatch(self, consumer: InMemoryConsumer) -> None:
+    def unwatch(self, consumer: Subscriber) -> None:
         """Stop waking ``consumer``."""
         for topic in consumer.topics:
             watchers = self._watchers.get(topic)

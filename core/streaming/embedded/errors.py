@@ -1,15 +1,15 @@
-"""Errors the embedded broker raises where Kafka would answer with an error code."""
+"""Errors the embedded broker raises where Kafka would answer with an error code.
+
+They are the framework's own (``core.streaming.errors``), the same the Kafka
+adapter raises, re-exported here for the embedded broker's users.
+"""
 
 from __future__ import annotations
 
 from core.streaming.errors import (
+    OffsetOutOfRangeError,
     PartitionNotAssignedError,
-    StreamingError,
     UnknownTopicOrPartitionError,
 )
 
 __all__ = ["OffsetOutOfRangeError", "PartitionNotAssignedError", "UnknownTopicOrPartitionError"]
-
-
-class OffsetOutOfRangeError(StreamingError):
-    """The fetch position is outside the log and ``auto_offset_reset`` is ``"none"``."""

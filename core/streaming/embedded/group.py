@@ -6,7 +6,8 @@ all up (its ``on_partitions_revoked`` runs and may still commit them); only when
 of those members has done so is a new assignment computed and handed out. So a
 partition is never fetched by two members at once, and commits made while revoking
 land before the next owner reads the committed offset. A member that does not give
-its partitions up within the rebalance timeout is expelled, as Kafka does.
+its partitions up within the rebalance timeout is expelled, as Kafka does, and so is
+a member whose heartbeats stop for its session timeout (a killed or hung process).
 """
 
 from __future__ import annotations
@@ -64,25 +65,23 @@ def assign_round_robin(
 class ConsumerGroup:
     """One group's members, current generation and assignment, and committed offsets."""
 
-    def __init__(
-        self,
-        group_id: str,
-        partitions_of: Callable[[str], int | None],
-        rebalance_timeout_ms: int,
-    ) -> None:
+    def __init__(self, group_id: str, partitions_of: Callable[[str], int | None]) -> None:
         self.group_id = group_id
         self.generation = 0
         self.committed: dict[TopicPartition, int] = {}
         self._partitions_of = partitions_of
-        self._rebalance_timeout_s = rebalance_timeout_ms / 1000
         self._members: dict[str, GroupMember] = {}
+        self._session_s: dict[str, float] = {}
+        self._rebalance_s: dict[str, float] = {}
+        self._last_heartbeat: dict[str, float] = {}
         self._assignment: dict[str, frozenset[TopicPartition]] = {}
         self._holding: set[str] = set()
         self._awaiting: set[str] = set()
         self._rebalancing = False
+        self._rebalance_deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
-        self._deadline = 0.0
+        self._timer_at = 0.0
         self._member_seq = itertools.count()
 
     # ------------------------------------------------------------------ state
@@ -107,26 +106,46 @@ class ConsumerGroup:
 
     # ------------------------------------------------------------------ membership
 
-    def join(self, member: GroupMember, client_id: str) -> str:
-        """Add ``member`` and start a rebalance; returns its member id."""
+    def join(
+        self,
+        member: GroupMember,
+        client_id: str,
+        *,
+        session_timeout_ms: int = 10_000,
+        rebalance_timeout_ms: int = 30_000,
+    ) -> str:
+        """Add ``member`` and start a rebalance; returns its member id.
+
+        The member must call :meth:`heartbeat` more often than ``session_timeout_ms``
+        or it is expelled. The group's rebalance timeout is the largest of its
+        members' ``rebalance_timeout_ms``, as in Kafka.
+        """
         self._purge_dead()
         member_id = f"{client_id}-{next(self._member_seq):06d}"
         self._members[member_id] = member
+        self._session_s[member_id] = session_timeout_ms / 1000
+        self._rebalance_s[member_id] = rebalance_timeout_ms / 1000
+        self._last_heartbeat[member_id] = time.monotonic()
         if self._rebalancing:
-            self._ensure_timer()
             self._maybe_complete()
         else:
             self.request_rebalance()
+        self._arm()
         return member_id
+
+    def heartbeat(self, member_id: str) -> bool:
+        """Keep ``member_id``'s session alive; False if the group no longer knows it."""
+        if member_id not in self._members:
+            return False
+        self._last_heartbeat[member_id] = time.monotonic()
+        self._arm()
+        return True
 
     def leave(self, member_id: str) -> None:
         """Remove a member (stopped, crashed); the others share its partitions."""
-        if self._members.pop(member_id, None) is None:
+        if self._drop(member_id) is None:
             return
-        self._assignment.pop(member_id, None)
-        self._holding.discard(member_id)
         if self._rebalancing:
-            self._awaiting.discard(member_id)
             self._maybe_complete()
         else:
             self.request_rebalance()
@@ -145,8 +164,8 @@ class ConsumerGroup:
         self._holding.clear()
         self._notify_all()
         if self._awaiting:
-            self._deadline = time.monotonic() + self._rebalance_timeout_s
-            self._ensure_timer()
+            self._rebalance_deadline = time.monotonic() + max(self._rebalance_s.values())
+            self._arm()
         else:
             self._complete()
 
@@ -184,27 +203,24 @@ class ConsumerGroup:
 
     # ------------------------------------------------------------------ internals
 
-    def _purge_dead(self) -> None:
-        """Drop members whose process is gone without leaving (Kafka's session timeout).
+    def _drop(self, member_id: str) -> GroupMember | None:
+        member = self._members.pop(member_id, None)
+        for state in (self._assignment, self._session_s, self._rebalance_s, self._last_heartbeat):
+            state.pop(member_id, None)
+        self._holding.discard(member_id)
+        self._awaiting.discard(member_id)
+        return member
 
-        A member's coordination dies with its event loop; left in the group it would
-        hold partitions that nobody reads.
-        """
+    def _purge_dead(self) -> None:
+        """Drop members whose event loop has closed: nothing of theirs runs any more."""
         for member_id in [mid for mid, member in self._members.items() if not member.alive]:
-            del self._members[member_id]
-            self._assignment.pop(member_id, None)
-            self._holding.discard(member_id)
-            self._awaiting.discard(member_id)
+            self._drop(member_id)
 
     def _maybe_complete(self) -> None:
         if self._rebalancing and not self._awaiting:
             self._complete()
 
     def _complete(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_loop = None
         self._purge_dead()
         subscriptions = {mid: member.topics for mid, member in self._members.items()}
         self._assignment = assign_round_robin(subscriptions, self._partitions_of)
@@ -212,36 +228,53 @@ class ConsumerGroup:
         self._rebalancing = False
         self._awaiting.clear()
         self._notify_all()
+        self._arm()
 
-    def _ensure_timer(self) -> None:
-        """Arm the rebalance deadline on the running loop, unless armed on a live loop.
+    def _next_deadline(self) -> float | None:
+        deadlines = [self._last_heartbeat[m] + self._session_s[m] for m in self._members]
+        if self._rebalancing and self._awaiting:
+            deadlines.append(self._rebalance_deadline)
+        return min(deadlines, default=None)
+
+    def _arm(self) -> None:
+        """Arm the timer for the next session or rebalance deadline on the running loop.
 
         A timer armed on an event loop that has since closed never fires, so a group
         outliving its loop (a process-wide broker across tests) re-arms on the next.
         """
-        if self._timer_loop is not None and not self._timer_loop.is_closed():
+        deadline = self._next_deadline()
+        loop = self._timer_loop
+        armed = self._timer is not None and loop is not None and not loop.is_closed()
+        if deadline is None or (armed and self._timer_at <= deadline):
             return
         try:
-            loop = asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:
             return
-        delay = max(0.0, self._deadline - time.monotonic())
-        self._timer = loop.call_later(delay, self._expire)
-        self._timer_loop = loop
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = running.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
+        self._timer_loop = running
+        self._timer_at = deadline
 
-    def _expire(self) -> None:
-        """Expel members that did not give up their partitions in time."""
+    def _on_timer(self) -> None:
+        """Expel members whose session ran out or who held up a rebalance too long."""
         self._timer = None
         self._timer_loop = None
-        if not self._rebalancing:
-            return
-        for member_id in sorted(self._awaiting):
-            member = self._members.pop(member_id, None)
-            self._assignment.pop(member_id, None)
+        now = time.monotonic()
+        late = {m for m in self._members if self._last_heartbeat[m] + self._session_s[m] <= now}
+        if self._rebalancing and self._awaiting and self._rebalance_deadline <= now:
+            late |= self._awaiting
+        for member_id in sorted(late):
+            member = self._drop(member_id)
             if member is not None:
                 member.notify_expelled()
-        self._awaiting.clear()
-        self._complete()
+        if late:
+            if self._rebalancing:
+                self._maybe_complete()
+            else:
+                self.request_rebalance()
+        self._arm()
 
     def _notify_all(self) -> None:
         for member in list(self._members.values()):

@@ -24,12 +24,8 @@ def _varint_size(value: int) -> int:
     return size
 
 
-def estimate_record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
-    """Serialized size of a one-record batch, computed exactly as aiokafka's producer does.
-
-    Using the same estimate makes ``max_request_size`` refuse the same records on
-    both backends.
-    """
+def _fields_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """Bytes of a record's key, value and headers, length prefixes included."""
     size = 1 if key is None else _varint_size(len(key)) + len(key)
     size += 1 if value is None else _varint_size(len(value)) + len(value)
     size += _varint_size(len(headers))
@@ -37,7 +33,26 @@ def estimate_record_size(key: bytes | None, value: bytes | None, headers: Header
         encoded = len(name.encode("utf-8"))
         size += _varint_size(encoded) + encoded
         size += 1 if data is None else _varint_size(len(data)) + len(data)
-    return BATCH_HEADER_BYTES + MAX_RECORD_OVERHEAD + size
+    return size
+
+
+def estimate_record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """Serialized size of a one-record batch, computed exactly as aiokafka's producer does.
+
+    Using the same estimate makes ``max_request_size`` refuse the same records on
+    both backends.
+    """
+    return BATCH_HEADER_BYTES + MAX_RECORD_OVERHEAD + _fields_size(key, value, headers)
+
+
+def record_batch_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """Exact size of a one-record, uncompressed v2 batch holding this record.
+
+    It is what a broker compares with ``message.max.bytes`` / ``max.message.bytes``
+    (a batch of one record: timestamp and offset deltas are 0, one byte each).
+    """
+    body = 3 + _fields_size(key, value, headers)  # attributes, timestamp and offset deltas
+    return BATCH_HEADER_BYTES + _varint_size(body) + body
 
 
 class PartitionLog:

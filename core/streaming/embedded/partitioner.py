@@ -6,6 +6,8 @@ per-key ordering and co-partitioning hold whichever backend wrote the data.
 
 from __future__ import annotations
 
+import random
+
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
 _MASK32 = 0xFFFFFFFF
@@ -46,8 +48,10 @@ def partition_for_key(key: bytes, num_partitions: int) -> int:
 class RoundRobin:
     """Spreads unkeyed records over a topic's partitions, one partition after the other.
 
-    Kafka allows any partition for a record without a key; cycling keeps partitions
-    evenly filled and makes the embedded broker's placement reproducible.
+    Kafka allows any partition for a record without a key (aiokafka picks one at
+    random). Each ``RoundRobin`` (one per producer) starts every topic at a random
+    partition, so short-lived producers do not all fill partition 0, then cycles,
+    which keeps partitions evenly filled.
     """
 
     __slots__ = ("_next",)
@@ -56,7 +60,10 @@ class RoundRobin:
         self._next: dict[str, int] = {}
 
     def choose(self, topic: str, num_partitions: int) -> int:
-        """The next partition of ``topic`` in turn."""
-        current = self._next.get(topic, 0) % num_partitions
+        """The next partition of ``topic`` in turn (a random one the first time)."""
+        start = self._next.get(topic)
+        if start is None:
+            start = random.randrange(num_partitions)
+        current = start % num_partitions
         self._next[topic] = current + 1
         return current

@@ -25,3 +25,15 @@ async def bounded_close(closing: Awaitable[None], timeout_s: float, what: str) -
         logger.error("%s did not close within %s s", what, timeout_s)
     except Exception as exc:
         logger.error("%s: close failed: %s: %s", what, type(exc).__name__, exc)
+
+
+def raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` if the current task was asked to stop.
+
+    redis-py's asyncio client (8.x) can swallow a cancellation that arrives during
+    a command, so loops that talk to Redis check this after each call: a
+    cancelled lane, claim or renewal loop must end, not carry on.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -1,7 +1,16 @@
-"""The message object a ``MessageConsumer`` yields, and how raw bytes become one."""
+"""The message object a ``MessageConsumer`` yields, and how raw bytes become one.
+
+A :class:`ConsumedMessage` is also the unit of delivery state on the way through
+a flow: its dedup claim, the outputs its handler sent, and the :class:`Outcome`
+it reached. Keeping that state on the message itself (slots, no second object per
+record) keeps the per-message cost of the hot path low.
+"""
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Awaitable
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -9,17 +18,58 @@ import orjson
 from core.streaming.types import FetchedRecord, Headers, Record, TopicPartition
 
 
-class ConsumedMessage:
-    """One fetched record: where it came from, its bytes, and its decoded value.
+class Outcome(StrEnum):
+    """The state a message reached in its flow.
 
-    ``value`` is the decoded JSON object (the event envelope), or ``None`` when the
-    bytes could not be decoded; then ``decode_error`` says why and ``raw_value``
-    still holds the bytes untouched, so the message can be dead-lettered. The
-    broker client's record is kept as it is (no copy), which keeps the per-message
-    cost of consuming low.
+    ``HANDLED``, ``DUPLICATE`` and ``DEAD_LETTERED`` are final: the offset may be
+    committed once the checkpoint has the outputs acknowledged and the done mark
+    written. ``FAILED`` means the last attempt failed and the error path has not
+    decided yet; a message without an outcome has not run (yet).
     """
 
-    __slots__ = ("claimed_at", "decode_error", "generation", "record", "value")
+    HANDLED = "handled"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+    FAILED = "failed"
+
+
+#: Outcomes after which a message's offset may be committed.
+FINAL_OUTCOMES = frozenset({Outcome.HANDLED, Outcome.DUPLICATE, Outcome.DEAD_LETTERED})
+
+
+class ConsumedMessage:
+    """One fetched record: where it came from, its bytes, its value and its delivery state.
+
+    ``value`` is the decoded JSON object (usually an event envelope), or ``None``
+    when the bytes could not be decoded; then ``decode_error`` says why and
+    ``raw_value`` still holds the bytes untouched, so the message can be
+    dead-lettered. The broker client's record is kept as it is (no copy).
+
+    Delivery state, set as the message moves through its flow: ``identity`` (the
+    id it is deduplicated on), ``claim`` (the dedup claim result), ``claim_token``
+    (the owner token of our claim), ``outcome`` and ``error`` (see
+    :class:`Outcome`), ``attempts`` (handler runs), ``outputs``
+    (acknowledgements of the sends its handler started, awaited by the checkpoint
+    before the offset is committed) and ``duration`` (seconds spent in the
+    handler's last attempt).
+    """
+
+    __slots__ = (
+        "attempts",
+        "claim",
+        "claim_token",
+        "correlator",
+        "decode_error",
+        "duration",
+        "error",
+        "generation",
+        "identity",
+        "outcome",
+        "outputs",
+        "record",
+        "trace",
+        "value",
+    )
 
     def __init__(
         self,
@@ -32,7 +82,16 @@ class ConsumedMessage:
         self.value = value
         self.decode_error = decode_error
         self.generation = generation
-        self.claimed_at = 0.0  # monotonic time of a batch dedup claim, if one was made
+        self.claim: Any = None
+        self.claim_token: str | None = None
+        self.identity: str | None = None
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
+        self.attempts = 0
+        self.outputs: list[Awaitable[Any]] | None = None
+        self.duration = 0.0
+        self.correlator: Any = None
+        self.trace: Any = None
 
     @classmethod
     def of(
@@ -80,7 +139,7 @@ class ConsumedMessage:
 
     @property
     def headers(self) -> Headers:
-        """Record headers, untouched."""
+        """Record headers, untouched (a header value may be ``None``)."""
         return self.record.headers
 
     @property
@@ -99,27 +158,46 @@ class ConsumedMessage:
         return self.decode_error is None
 
     @property
-    def key_str(self) -> str | None:
-        """The key as text (undecodable bytes replaced), or ``None``."""
-        key = self.record.key
-        return None if key is None else key.decode("utf-8", "replace")
-
-    @property
     def size(self) -> int:
         """Bytes of key and value, for in-flight byte bounds."""
         record = self.record
         return len(record.value or b"") + len(record.key or b"")
 
     @property
+    def record_size(self) -> int:
+        """Bytes of key, value and headers: what the record costs the broker."""
+        headers = sum(len(k) + len(v or b"") for k, v in self.record.headers)
+        return self.size + headers
+
+    @property
+    def is_envelope(self) -> bool:
+        """True when the value has an envelope's shape: id, type, source and data."""
+        value = self.value
+        if value is None:
+            return False
+        event_id = value.get("id")
+        return (
+            type(event_id) is str
+            and event_id != ""
+            and type(value.get("type")) is str
+            and type(value.get("source")) is str
+            and type(value.get("data")) is dict
+        )
+
+    @property
     def event_id(self) -> str | None:
-        """The envelope's ``id``, if the value is an envelope with one."""
-        if self.value is None:
+        """The envelope's ``id`` when the value is a valid envelope, else ``None``.
+
+        A foreign JSON object that happens to carry an ``id`` field has no event
+        id: it is never taken for a duplicate of a different message.
+        """
+        if not self.is_envelope:
             return None
-        event_id = self.value.get("id")
-        return event_id if isinstance(event_id, str) and event_id else None
+        event_id: str = self.value["id"]  # type: ignore[index]
+        return event_id
 
     def header(self, name: str) -> bytes | None:
-        """The last header called ``name``, or ``None``."""
+        """The last header called ``name`` (``None`` when absent or null)."""
         found = None
         for key, val in self.record.headers:
             if key == name:
@@ -136,7 +214,14 @@ class ConsumedMessage:
 
 
 def decode_record(record: FetchedRecord, generation: int = 0) -> ConsumedMessage:
-    """Decode a record's value as a JSON object; never raises on bad bytes."""
+    """Decode a record's value as a JSON object; never raises on bad bytes.
+
+    A record the client itself could not read (it carries ``client_error``) is
+    undecodable too, so it is dead-lettered like any other.
+    """
+    client_error = getattr(record, "client_error", None)
+    if client_error is not None:
+        return ConsumedMessage(record, None, f"unreadable record: {client_error}", generation)
     raw = record.value
     if raw is None:
         return ConsumedMessage(record, None, "empty value (tombstone)", generation)
@@ -153,3 +238,42 @@ def decode_record(record: FetchedRecord, generation: int = 0) -> ConsumedMessage
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
+
+
+_handling: contextvars.ContextVar[ConsumedMessage | None] = contextvars.ContextVar(
+    "tradestream_handling", default=None
+)
+
+
+def current_message() -> ConsumedMessage | None:
+    """The message whose handler the current task is running, if any."""
+    return _handling.get()
+
+
+def set_current_message(
+    message: ConsumedMessage | None,
+) -> contextvars.Token[ConsumedMessage | None]:
+    """Make ``message`` the current task's; reset with the returned token."""
+    return _handling.set(message)
+
+
+def reset_current_message(token: contextvars.Token[ConsumedMessage | None]) -> None:
+    """Undo :func:`set_current_message`."""
+    _handling.reset(token)
+
+
+def track_output(ack: Awaitable[Any]) -> bool:
+    """Attach a send's acknowledgement to the message being handled; False if none.
+
+    The checkpoint awaits these before the message's offset is committed, so a
+    send that fails after the handler returned fails the message instead of
+    vanishing.
+    """
+    message = _handling.get()
+    if message is None:
+        return False
+    if message.outputs is None:
+        message.outputs = [ack]
+    else:
+        message.outputs.append(ack)
+    return True

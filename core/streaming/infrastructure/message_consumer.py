@@ -1,9 +1,10 @@
-"""Pure message consumption: fetch in batches, decode, track and commit offsets.
+"""Pure message consumption: fetch in batches, decode, track which offsets are final.
 
-The consumer never runs business logic. Callers report each message as final
-with :meth:`MessageConsumer.commit` (or :meth:`mark_finished`); offsets are then
-committed per partition as *highest contiguous finished offset + 1*, under a
-:class:`CommitPolicy`, on partition revocation, and on stop.
+The consumer never runs business logic and, inside a flow, never decides when
+to commit: the flow's checkpoint does, through :meth:`MessageConsumer.commit_offsets`.
+Offsets are committed per partition as *highest contiguous finished offset + 1*.
+The plan's ``consume()``/``commit(message)`` pair stays for using the consumer
+on its own; there ``commit`` follows the :class:`CommitPolicy`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 
 from core.config.settings import RedpandaSettings
-from core.streaming.clients import ConsumerClient, create_consumer
+from core.streaming.clients import ConsumerClient, ConsumerOptions, create_consumer
 from core.streaming.errors import ClientClosedError
 from core.streaming.infrastructure.closing import bounded_close
 from core.streaming.infrastructure.consumed_message import ConsumedMessage, decode_record
@@ -42,6 +44,7 @@ class MessageConsumer:
         fetch_timeout_ms: int = 100,
         commit_timeout_s: float = 10.0,
         client_factory: Callable[..., ConsumerClient] | None = None,
+        options: ConsumerOptions | None = None,
     ) -> None:
         self.config = config
         self.topics = list(topics)
@@ -51,12 +54,13 @@ class MessageConsumer:
         self.max_poll_records = max_poll_records
         self.fetch_timeout_ms = fetch_timeout_ms
         self.commit_timeout_s = commit_timeout_s
+        self.options = options or ConsumerOptions()
         self._client_factory = client_factory or create_consumer
         self._client: ConsumerClient | None = None
         self._running = False
-        self._stopped = False
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
-        self._generation = 0
+        self._group_generations: dict[TopicPartition, int] = {}
+        self._epoch = 0
         self._finished_since_commit = 0
         self._last_commit = time.monotonic()
         self._commit_lock = asyncio.Lock()
@@ -85,14 +89,16 @@ class MessageConsumer:
         """Join the group and subscribe. Idempotent."""
         if self._running:
             return
-        self._stopped = False
         client = self._client_factory(
             self.config,
             self.topics,
             self.group_id,
+            replace(
+                self.options,
+                auto_offset_reset=self.auto_offset_reset,
+                max_poll_records=self.max_poll_records,
+            ),
             listener=self,
-            auto_offset_reset=self.auto_offset_reset,
-            max_poll_records=self.max_poll_records,
         )
         await client.start()
         self._client = client
@@ -100,36 +106,23 @@ class MessageConsumer:
         logger.info("consumer started topics=%s group=%s", self.topics, self.group_id)
 
     async def stop(self) -> None:
-        """Commit what finished, then leave the group. Idempotent."""
+        """Leave the group (commit first through the flow's checkpoint). Idempotent."""
         if not self._running or self._client is None:
             return
         self._running = False
-        try:
-            await asyncio.wait_for(self.flush(), self.commit_timeout_s)
-        except TimeoutError:
-            logger.error(
-                "final commit for group %s got no answer within %s s; the uncommitted "
-                "messages will be delivered again",
-                self.group_id,
-                self.commit_timeout_s,
-            )
-        finally:
-            client, self._client = self._client, None
-            self._offsets.clear()
-            self._stopped = True
-            self._joined = False
-            self._assigned_event.clear()
-            await bounded_close(
-                client.stop(), self.commit_timeout_s, f"consumer of {self.group_id}"
-            )
-            logger.info("consumer stopped topics=%s group=%s", self.topics, self.group_id)
+        client, self._client = self._client, None
+        self._offsets.clear()
+        self._joined = False
+        self._assigned_event.clear()
+        await bounded_close(client.stop(), self.commit_timeout_s, f"consumer of {self.group_id}")
+        logger.info("consumer stopped topics=%s group=%s", self.topics, self.group_id)
 
     def set_revocation_hook(self, hook: RevocationHook | None) -> None:
-        """Awaited on revocation before offsets are committed (to drain in-flight work)."""
+        """Awaited on revocation, before the revoked partitions' state is dropped."""
         self._revocation_hook = hook
 
     def add_commit_listener(self, listener: CommitListener) -> None:
-        """Called with the offsets after every successful commit (for metrics)."""
+        """Called with the offsets after every successful commit."""
         self._commit_listeners.append(listener)
 
     # ------------------------------------------------------------------ fetching
@@ -137,9 +130,8 @@ class MessageConsumer:
     async def fetch_batch(
         self, timeout_ms: int | None = None, max_records: int | None = None
     ) -> list[ConsumedMessage]:
-        """Fetch the next batch (possibly empty), decoded; commits on the policy's timer."""
+        """Fetch the next batch (possibly empty), decoded, in partition order."""
         client = self.client
-        await self._maybe_commit()
         limit = self.max_poll_records if max_records is None else max(1, max_records)
         batches = await client.getmany(
             timeout_ms=self.fetch_timeout_ms if timeout_ms is None else timeout_ms,
@@ -151,10 +143,12 @@ class MessageConsumer:
                 continue
             state = self._offsets.get(tp)
             if state is None:
-                state = self._offsets[tp] = PartitionOffsets(self._generation)
+                state = self._offsets[tp] = PartitionOffsets(self._epoch)
+            if state.committed is None and state.next_position is None:
+                state.committed = records[0].offset  # where the group's last commit left us
             state.fetched_many([r.offset for r in records])
-            generation = state.generation
-            out.extend([decode_record(record, generation) for record in records])
+            epoch = state.generation
+            out.extend([decode_record(record, epoch) for record in records])
         return out
 
     async def consume(self) -> AsyncIterator[ConsumedMessage]:
@@ -173,90 +167,72 @@ class MessageConsumer:
         A message from an assignment that has since been revoked does not count.
         """
         record = message.record
-        state = self._offsets.get((record.topic, record.partition))  # type: ignore[call-overload]
+        state = self._offsets.get(TopicPartition(record.topic, record.partition))
         if state is None or state.generation != message.generation:
             return False
         state.finish(record.offset)
         self._finished_since_commit += 1
         return True
 
-    async def commit(self, message: ConsumedMessage | None = None) -> None:
-        """Mark ``message`` finished and commit if the policy says so.
+    def pending_offsets(
+        self, partitions: set[TopicPartition] | None = None
+    ) -> dict[TopicPartition, int]:
+        """Per partition, the position a commit would record now, where it moved."""
+        return {
+            tp: position
+            for tp, state in self._offsets.items()
+            if (partitions is None or tp in partitions)
+            and (position := state.pending_commit()) is not None
+        }
 
-        Without a message, commits everything finished now.
-        """
-        if message is None:
-            await self.flush()
-            return
-        if not self.mark_finished(message):
-            return
-        policy = self.commit_policy
-        if policy.per_message or self._finished_since_commit >= policy.every:
-            await self.flush()
-
-    def commit_due(self) -> bool:
-        """True when finished offsets should be committed now under the policy."""
-        finished = self._finished_since_commit
-        if finished == 0:
-            return False
-        policy = self.commit_policy
-        return (
-            policy.per_message
-            or finished >= policy.every
-            or (time.monotonic() - self._last_commit) * 1000 >= policy.interval_ms
-        )
-
-    async def commit_if_due(self) -> None:
-        """Commit finished offsets if the policy says it is time.
-
-        A failed commit here (a rebalance in progress, a broker hiccup) is logged
-        and counted, not raised: the offsets stay pending and the next commit,
-        the one on revocation or the one on stop covers them.
-        """
-        if not self.commit_due():
-            return
-        try:
-            await asyncio.wait_for(self.flush(), self.commit_timeout_s)
-        except Exception as exc:
-            self.commit_failures += 1
-            logger.warning(
-                "commit for group %s failed, will retry: %s: %s",
-                self.group_id,
-                type(exc).__name__,
-                exc,
-            )
-
-    async def _maybe_commit(self) -> None:
-        await self.commit_if_due()
-
-    async def flush(self, partitions: set[TopicPartition] | None = None) -> None:
-        """Commit every finished offset now (of ``partitions`` if given)."""
-        if self._client is None:
+    async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit ``offsets`` now (the checkpoint's last step); raises if refused."""
+        if self._client is None or not offsets:
             return
         async with self._commit_lock:
-            offsets = {
-                tp: position
-                for tp, state in self._offsets.items()
-                if (partitions is None or tp in partitions)
-                and (position := state.pending_commit()) is not None
-            }
-            self._finished_since_commit = 0
-            self._last_commit = time.monotonic()
-            if not offsets:
-                return
             await self._client.commit(offsets)
             for tp, position in offsets.items():
                 state = self._offsets.get(tp)
                 if state is not None:
                     state.committed = position
             self.commits += 1
+            self._finished_since_commit = 0
+            self._last_commit = time.monotonic()
             for listener in self._commit_listeners:
-                listener(offsets)
+                listener(dict(offsets))
+
+    async def commit(self, message: ConsumedMessage | None = None) -> None:
+        """Standalone use: mark ``message`` finished and commit when the policy says so.
+
+        Without a message, commits everything finished now. Flows commit through
+        their checkpoint instead.
+        """
+        if message is not None:
+            if not self.mark_finished(message):
+                return
+            policy = self.commit_policy
+            due = (
+                policy.per_message
+                or self._finished_since_commit >= policy.every
+                or (time.monotonic() - self._last_commit) * 1000 >= policy.interval_ms
+            )
+            if not due:
+                return
+        await self.flush()
+
+    async def flush(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit every finished offset now (of ``partitions`` if given)."""
+        await self.commit_offsets(self.pending_offsets(partitions))
 
     def committable_offsets(self) -> dict[TopicPartition, int]:
-        """Per partition, the position a commit would record now."""
+        """Per partition, the position a commit may record now."""
         positions = {tp: state.committable() for tp, state in self._offsets.items()}
         return {tp: pos for tp, pos in positions.items() if pos is not None}
+
+    def committed_offset(self, tp: TopicPartition) -> int | None:
+        """The last position this member committed for ``tp``, if any."""
+        state = self._offsets.get(tp)
+        return state.committed if state is not None else None
 
     def in_flight(self) -> int:
         """Messages fetched and not yet final, over all partitions."""
@@ -270,17 +246,20 @@ class MessageConsumer:
         """
         if self._client is None:
             return {}
-        self._generation += 1
+        self._epoch += 1
         positions: dict[TopicPartition, int] = {}
         assigned = self._client.assignment()
         for tp, state in list(self._offsets.items()):
             position = state.committable()
-            fresh = PartitionOffsets(self._generation, committed=state.committed)
-            self._offsets[tp] = fresh
+            self._offsets[tp] = PartitionOffsets(self._epoch, committed=state.committed)
             if position is not None and tp in assigned:
                 self._client.seek(tp, position)
                 positions[tp] = position
         return positions
+
+    def group_generation_of(self, tp: TopicPartition) -> int:
+        """The group generation in which this member was given ``tp`` (-1 if unknown)."""
+        return self._group_generations.get(tp, -1)
 
     # ------------------------------------------------------------------ flow control
 
@@ -302,17 +281,25 @@ class MessageConsumer:
         """Partitions whose fetching is paused."""
         return self._client.paused() if self._client else set()
 
-    def lag(self) -> dict[TopicPartition, int]:
-        """Per assigned partition: high watermark minus the fetch position."""
+    def lag(self) -> dict[TopicPartition, tuple[int, int | None]]:
+        """Per assigned partition: (high watermark - fetch position, high watermark - committed).
+
+        The committed lag counts what a restart would deliver again; it is
+        ``None`` until this member has committed or learned a committed offset.
+        """
         if self._client is None:
             return {}
-        result: dict[TopicPartition, int] = {}
+        result: dict[TopicPartition, tuple[int, int | None]] = {}
         for tp in self._client.assignment():
             high = self._client.highwater(tp)
             state = self._offsets.get(tp)
             if high is None or state is None or state.next_position is None:
                 continue
-            result[tp] = max(0, high - state.next_position)
+            committed = state.committed
+            result[tp] = (
+                max(0, high - state.next_position),
+                None if committed is None else max(0, high - committed),
+            )
         return result
 
     @property
@@ -331,26 +318,39 @@ class MessageConsumer:
     # ------------------------------------------------------------------ rebalance listener
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Drain in-flight work of ``revoked``, commit what finished, drop their state."""
+        """Let the flow finish and commit ``revoked``, then drop their state, whatever happens.
+
+        Without a flow (no revocation hook) the finished offsets are committed here.
+        """
         if not revoked:
             return
-        if self._revocation_hook is not None:
-            await self._revocation_hook(revoked)
         try:
-            await self.flush(revoked)
+            if self._revocation_hook is not None:
+                await self._revocation_hook(revoked)
+            else:  # used on its own: commit what finished, as a flow's checkpoint would
+                await asyncio.wait_for(self.flush(revoked), self.commit_timeout_s)
         except Exception:
-            logger.exception("commit on revocation failed for %s", sorted(revoked))
-        for tp in revoked:
-            self._offsets.pop(tp, None)
-        if not self.assignment() - revoked:
-            self._assigned_event.clear()
+            logger.exception(
+                "revocation of %s in group %s failed; their uncommitted messages will be "
+                "delivered again to the next owner",
+                sorted(revoked),
+                self.group_id,
+            )
+        finally:
+            for tp in revoked:
+                self._offsets.pop(tp, None)
+                self._group_generations.pop(tp, None)
+            if not self.assignment() - revoked:
+                self._assigned_event.clear()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start fresh bookkeeping for newly assigned partitions (kept ones keep theirs)."""
         self._joined = True
-        self._generation += 1
+        self._epoch += 1
+        generation = self._client.generation if self._client is not None else -1
         for tp in assigned:
             if tp not in self._offsets:
-                self._offsets[tp] = PartitionOffsets(self._generation)
+                self._offsets[tp] = PartitionOffsets(self._epoch)
+            self._group_generations[tp] = generation
         if assigned:
             self._assigned_event.set()

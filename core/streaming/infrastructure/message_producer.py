@@ -21,10 +21,11 @@ from pydantic import BaseModel
 
 from core.config.settings import RedpandaSettings
 from core.schemas.events import EventEnvelope, generate_uuid7, utc_now
-from core.streaming.clients import ProducerClient, create_producer
-from core.streaming.correlation import CorrelationContext
+from core.streaming.clients import PRODUCER_STATE_ERRORS, ProducerClient, create_producer
+from core.streaming.correlation import HEADER_TRACEPARENT, CorrelationContext
 from core.streaming.errors import ClientClosedError
 from core.streaming.infrastructure.closing import bounded_close
+from core.streaming.infrastructure.consumed_message import track_output
 from core.streaming.tracing import current_traceparent
 from core.streaming.types import Headers, RecordMetadata
 
@@ -35,7 +36,6 @@ HEADER_EVENT_TYPE = "event-type"
 HEADER_CORRELATION_ID = "correlation-id"
 HEADER_CAUSATION_ID = "causation-id"
 HEADER_SOURCE = "source"
-HEADER_TRACEPARENT = "traceparent"
 
 Payload = Mapping[str, Any] | BaseModel | EventEnvelope
 
@@ -84,6 +84,8 @@ class MessageProducer:
         self._running = False
         self._stopped = False
         self._start_lock = asyncio.Lock()
+        self._broken = False
+        self._closing: set[asyncio.Task[None]] = set()
         self.sent = 0
 
     @property
@@ -97,14 +99,46 @@ class MessageProducer:
             if self._running:
                 return
             self._stopped = False
-            client = self._client_factory(
-                self.config,
-                client_id=f"{self.config.client_id}-producer-{self.service_name}",
-                max_request_size=self.max_request_size,
-            )
-            await client.start()
-            self._client = client
+            self._client = await self._new_client()
             self._running = True
+
+    async def _new_client(self) -> ProducerClient:
+        client = self._client_factory(
+            self.config,
+            client_id=f"{self.config.client_id}-producer-{self.service_name}",
+            max_request_size=self.max_request_size,
+        )
+        await client.start()
+        return client
+
+    def _watch(self, ack: Awaitable[RecordMetadata]) -> None:
+        """Note a send whose failure leaves the client unusable (broken sequence state)."""
+        if isinstance(ack, asyncio.Future):
+            ack.add_done_callback(self._on_ack)
+
+    def _on_ack(self, ack: asyncio.Future[RecordMetadata]) -> None:
+        if ack.cancelled():
+            return
+        if isinstance(ack.exception(), PRODUCER_STATE_ERRORS):
+            self._broken = True
+
+    async def _renew_client(self) -> None:
+        """Replace a client whose idempotence state broke; the old one closes in the background."""
+        async with self._start_lock:
+            if not self._broken or self._client is None:
+                return
+            self._broken = False
+            old, self._client = self._client, await self._new_client()
+            logger.warning(
+                "producer of %s: its sequence state broke after a refused record; "
+                "using a new producer",
+                self.service_name,
+            )
+        closing = asyncio.create_task(
+            bounded_close(old.stop(), self.stop_timeout_s, f"old producer of {self.service_name}")
+        )
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def stop(self) -> None:
         """Flush everything in flight, then disconnect. Idempotent."""
@@ -137,6 +171,8 @@ class MessageProducer:
             raise ClientClosedError(f"producer of {self.service_name} is stopped")
         if not self._running:
             await self.start()
+        if self._broken:
+            await self._renew_client()
         if self._client is None:
             raise ClientClosedError("producer is stopped")
         return self._client
@@ -226,10 +262,33 @@ class MessageProducer:
         partition: int | None = None,
         event_id: str | None = None,
     ) -> PendingSend:
-        """Hand one event to the client without waiting for the broker."""
+        """Hand one event to the client without waiting for the broker.
+
+        Inside a handler the acknowledgement belongs to the message being
+        handled: its offset is not committed before the broker acknowledged the
+        send, and a send that fails fails that message (retry, then dead letter).
+        """
+        pending = await self._send_envelope(
+            topic, key, data, event_type, correlation_id, causation_id, headers, partition, event_id
+        )
+        track_output(pending.ack)
+        return pending
+
+    async def _send_envelope(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        data: Payload,
+        event_type: str | Enum | None,
+        correlation_id: str | None,
+        causation_id: str | None,
+        headers: Headers | None,
+        partition: int | None,
+        event_id: str | None,
+    ) -> PendingSend:
         client = await self._ready_client()
         envelope = self.build_envelope(data, event_type, correlation_id, causation_id, event_id)
-        all_headers = self.envelope_headers(envelope)
+        all_headers: list[tuple[str, bytes | None]] = list(self.envelope_headers(envelope))
         if headers:
             all_headers.extend(headers)
         ack = await client.send(
@@ -239,6 +298,7 @@ class MessageProducer:
             headers=all_headers,
             partition=partition,
         )
+        self._watch(ack)
         self.sent += 1
         return PendingSend(str(envelope["id"]), ack)
 
@@ -255,15 +315,8 @@ class MessageProducer:
         event_id: str | None = None,
     ) -> str:
         """Send one event and return its id once the broker acknowledged it."""
-        pending = await self.enqueue(
-            topic,
-            key,
-            data,
-            event_type,
-            correlation_id,
-            causation_id=causation_id,
-            headers=headers,
-            event_id=event_id,
+        pending = await self._send_envelope(
+            topic, key, data, event_type, correlation_id, causation_id, headers, None, event_id
         )
         await pending.ack
         return pending.event_id
@@ -290,6 +343,7 @@ class MessageProducer:
         """Send bytes and headers exactly as given; return the broker's acknowledgement."""
         client = await self._ready_client()
         ack = await client.send(topic, value, key=key, headers=headers, partition=partition)
+        self._watch(ack)
         metadata = await ack
         self.sent += 1
         return metadata

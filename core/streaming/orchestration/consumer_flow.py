@@ -1,24 +1,31 @@
-"""One consumer flow at run time: fetch loop, dispatcher, backpressure, drain.
+"""One consumer flow at run time: fetch loop, lanes, checkpoint, revocation, stop.
 
-The flow joins a :class:`MessageConsumer` to its :class:`ReliabilityLayer`
-through a :class:`Dispatcher`. ``run()`` is the fetch loop the orchestrator
-supervises; ``stop()`` drains: it stops fetching, lets in-flight handlers finish
-(bounded by the drain timeout; only then are they cancelled, and their messages
-are not committed), writes done marks and commits.
+The flow joins a :class:`MessageConsumer` to its :class:`ReliabilityLayer` (the
+step chain) through a :class:`Dispatcher` (lanes), and commits through its
+:class:`Checkpoint`. ``run()`` is the fetch loop the orchestrator supervises: it
+fetches, starts the dedup claims of each batch, queues it on the lanes and asks
+the checkpoint to commit when the policy is due, without waiting for it.
+
+Stop drops what has not started (its claims given back, left uncommitted),
+lets running handlers finish within ``drain_timeout_s``, commits exactly what
+finished, then leaves the group; revocation does the same for the revoked
+partitions within ``revocation_timeout_s``. Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from core.streaming.infrastructure.consumed_message import ConsumedMessage
+from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
 from core.streaming.infrastructure.message_consumer import MessageConsumer
+from core.streaming.orchestration.checkpoint import Checkpoint
 from core.streaming.orchestration.dispatcher import Dispatcher, LaneCrashedError, OrderingMode
-from core.streaming.reliability.reliability_layer import ReliabilityLayer, dedup_id
+from core.streaming.reliability.reliability_layer import ReliabilityLayer
 from core.streaming.types import TopicPartition
 
 logger = logging.getLogger(__name__)
@@ -35,12 +42,14 @@ class FlowOptions:
     max_in_flight: int = 1_000
     max_in_flight_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 30.0
-    revocation_timeout_s: float = 10.0
+    revocation_timeout_s: float = 5.0
+    stop_timeout_s: float = 10.0
     lag_refresh_s: float = 1.0
+    max_run: int = 500
 
 
 class ConsumerFlow:
-    """A consumer, its reliability layer and the dispatcher between them."""
+    """A consumer, its step chain, the lanes between them and the checkpoint after."""
 
     def __init__(
         self,
@@ -54,24 +63,42 @@ class ConsumerFlow:
         self.layer = reliability_layer
         self.options = options or FlowOptions()
         self.name = name or f"{consumer.group_id}:{'+'.join(consumer.topics)}"
+        self.sensor = reliability_layer.sensor
         self.metrics = reliability_layer.metrics_collector
+        self.checkpoint = Checkpoint(
+            consumer,
+            policy=consumer.commit_policy,
+            dedup=reliability_layer.dedup_step,
+            sensor=self.sensor,
+            recover=self._recover,
+            timeout_s=self.options.stop_timeout_s,
+        )
+        self._revoking: set[TopicPartition] = set()
+        self._recovering: set[asyncio.Task[None]] = set()
         self.dispatcher = self._new_dispatcher()
         self._stopping = False
         self._started = False
+        #: The error that keeps the flow from fetching (a broker or store outage), if any.
+        self.outage: str | None = None
         self.backpressure_pauses = 0
         self._last_lag_refresh = 0.0
+        reliability_layer.set_revoked(lambda m: m.topic_partition in self._revoking)
         consumer.set_revocation_hook(self._on_revoke)
-        if self.metrics is not None:
-            metrics = self.metrics
-            group = consumer.group_id
-            consumer.add_commit_listener(lambda _: metrics.record_commit(consumer_group=group))
 
     def _new_dispatcher(self) -> Dispatcher:
+        per_message = self.consumer.commit_policy.per_message
         return Dispatcher(
-            self.layer.process_message,
+            self.layer.process_batch,
             ordering=self.options.ordering,
             concurrency=self.options.concurrency,
+            max_run=1 if per_message else self.options.max_run,
+            on_run_done=self._run_done,
+            keeps=self._keeps,
         )
+
+    def _keeps(self, message: ConsumedMessage) -> bool:
+        """Whether a message left unrun goes back to its lane."""
+        return not self._stopping and message.topic_partition not in self._revoking
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -87,8 +114,9 @@ class ConsumerFlow:
 
     async def run(self) -> None:
         """Fetch and dispatch until ``stop()``; raises if processing crashed."""
-        consumer, dispatcher, layer = self.consumer, self.dispatcher, self.layer
+        consumer, checkpoint = self.consumer, self.checkpoint
         while not self._stopping:
+            dispatcher = self.dispatcher
             if dispatcher.crashed is not None:
                 raise LaneCrashedError(f"flow {self.name}: a lane crashed") from dispatcher.crashed
             if self._over_bound():
@@ -96,33 +124,57 @@ class ConsumerFlow:
                 continue
             room = self.options.max_in_flight - dispatcher.in_flight
             batch = await consumer.fetch_batch(max_records=room)
-            await layer.flush_done()
-            await self._dispatch(batch)
+            self.outage = None
+            if batch:
+                self._take(batch)
+            if checkpoint.due():
+                checkpoint.request()
             self._observe()
 
-    async def _dispatch(self, batch: list[ConsumedMessage]) -> None:
-        """Claim a fetched batch with one dedup call and queue it on the lanes."""
-        if not batch:
-            return
-        if self.metrics is not None:
-            counts = Counter(message.topic for message in batch)
-            for topic, n in counts.items():
-                self.metrics.record_consumed(topic, n, consumer_group=self.consumer.group_id)
-        claims = await self.layer.claim_batch(batch)
-        claimed_at = time.monotonic()
+    def _take(self, batch: list[ConsumedMessage]) -> None:
+        """Count a fetched batch, start its dedup claims and queue it on the lanes."""
+        topic, count = batch[0].topic, 0
         for message in batch:
-            message.claimed_at = claimed_at
-            # A batch claim belongs to the first copy of an id; later copies in the
-            # same batch claim again when their turn comes.
-            claim = claims.pop(dedup_id(message), None) if message.is_decodable else None
-            self.dispatcher.submit(message, claim)
+            if message.topic != topic:
+                self.sensor.on_consumed(topic, count)
+                topic, count = message.topic, 0
+            count += 1
+        self.sensor.on_consumed(topic, count)
+        if self.layer.dedup_step is not None:
+            self.layer.dedup_step.claim_ahead(batch)
+        self.dispatcher.submit_many(batch)
+
+    async def _run_done(self, run: list[ConsumedMessage]) -> None:
+        """A lane finished a run: final messages go to the checkpoint, the rest let go."""
+        self.checkpoint.add(run)
+        unfinished = [m for m in run if m.outcome is None or m.outcome is Outcome.FAILED]
+        if unfinished:
+            await self._release(unfinished)
+        if self.consumer.commit_policy.per_message:
+            await self.checkpoint.commit()
+
+    def _recover(self, message: ConsumedMessage, error: BaseException) -> None:
+        """Retry, off its lane, a message whose outputs failed after its handler returned."""
+
+        async def recover() -> None:
+            await self.layer.recover(message, error)
+            self.checkpoint.add([message])
+
+        task = asyncio.create_task(recover(), name=f"recover-{message.location()}")
+        self._recovering.add(task)
+        task.add_done_callback(self._recovering.discard)
+
+    async def _release(self, messages: Iterable[ConsumedMessage]) -> None:
+        """Give back the dedup claims of messages that will not be finished here."""
+        if self.layer.dedup_step is not None:
+            await self.layer.dedup_step.release(messages)
 
     def _over_bound(self) -> bool:
         d, o = self.dispatcher, self.options
         return d.in_flight >= o.max_in_flight or d.in_flight_bytes >= o.max_in_flight_bytes
 
     async def _backpressure(self) -> None:
-        """Pause fetching until in-flight work falls to half the bound."""
+        """Pause fetching until the lanes drained to half the bound."""
         consumer, d, o = self.consumer, self.dispatcher, self.options
         consumer.pause()
         self.backpressure_pauses += 1
@@ -137,55 +189,67 @@ class ConsumerFlow:
                 )
             ):
                 await d.wait_progress(0.1)
-                await self.layer.flush_done()
-                await consumer.commit_if_due()
+                if self.checkpoint.due():
+                    self.checkpoint.request()
                 self._observe()
                 if time.monotonic() - last_poll >= _POLL_WHILE_PAUSED_S:
                     # Keep polling so the group does not take this member for dead;
                     # partitions assigned meanwhile are not paused yet and may yield.
                     last_poll = time.monotonic()
-                    await self._dispatch(await consumer.fetch_batch(timeout_ms=0))
+                    batch = await consumer.fetch_batch(timeout_ms=0)
+                    if batch:
+                        self._take(batch)
                     consumer.pause()
         finally:
             if consumer.is_running:
                 consumer.resume()
 
     def _observe(self) -> None:
-        metrics = self.metrics
-        if metrics is None:
-            return
-        group = self.consumer.group_id
-        metrics.set_in_flight(self.dispatcher.in_flight, consumer_group=group)
+        sensor = self.sensor
+        sensor.on_in_flight(self.dispatcher.in_flight)
         now = time.monotonic()
         if now - self._last_lag_refresh >= self.options.lag_refresh_s:
             self._last_lag_refresh = now
-            for tp, lag in self.consumer.lag().items():
-                metrics.set_lag(tp.topic, tp.partition, lag, consumer_group=group)
+            for tp, (fetch_lag, committed_lag) in self.consumer.lag().items():
+                sensor.on_lag(tp, fetch_lag, committed_lag)
+
+    # ------------------------------------------------------------------ revocation
 
     async def _on_revoke(self, partitions: set[TopicPartition]) -> None:
-        dropped = self.dispatcher.drop_queued(partitions)
-        await self.layer.release_claims(dropped)
-        drained = await self.dispatcher.wait_partitions(
-            partitions, self.options.revocation_timeout_s
-        )
-        if not drained:
-            logger.warning(
-                "flow %s: in-flight work of revoked partitions %s did not finish within %s s; "
-                "it will not be committed",
-                self.name,
-                sorted(partitions),
-                self.options.revocation_timeout_s,
-            )
-        await self.layer.flush_done()
-        if self.metrics is not None:
-            for tp in partitions:
-                self.metrics.clear_lag(
-                    tp.topic, tp.partition, consumer_group=self.consumer.group_id
+        """Finish or abandon the revoked partitions' work, commit it, forget them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.revocation_timeout_s
+        self._revoking |= partitions
+        try:
+            await self._release(self.dispatcher.drop_queued(partitions))
+            timeout = max(0.0, deadline - loop.time())
+            if not await self.dispatcher.wait_partitions(partitions, timeout):
+                abandoned = self.dispatcher.abandon(partitions)
+                logger.warning(
+                    "flow %s: %d handler(s) of revoked partitions %s still running after "
+                    "%s s; cancelled, not committed (the next owner runs them)",
+                    self.name,
+                    abandoned,
+                    sorted(partitions),
+                    self.options.revocation_timeout_s,
                 )
-        if dropped:
-            logger.info(
-                "flow %s: %d queued messages of revoked partitions dropped", self.name, dropped
+                await self.dispatcher.wait_partitions(partitions, 1.0)
+            await self._cancel_recovery(partitions)
+            await self.checkpoint.commit(
+                partitions, timeout_s=max(0.5, deadline - loop.time())
             )
+        finally:
+            await self._release(self.checkpoint.drop(partitions))
+            self.sensor.on_partitions_revoked(partitions)
+            self._revoking -= partitions
+
+    async def _cancel_recovery(self, partitions: set[TopicPartition] | None = None) -> None:
+        tasks = [t for t in self._recovering if partitions is None or _task_in(t, partitions)]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ crash, stop
 
     async def reset_after_crash(self) -> None:
         """Make the flow runnable again after ``run()`` raised, losing nothing.
@@ -194,16 +258,13 @@ class ConsumerFlow:
         ones are committed, and every partition is rewound to its lowest
         unfinished offset so the rest is fetched again.
         """
-        await self.layer.release_claims(self.dispatcher.drop_queued())
-        await self.layer.release_claims(self.dispatcher.take_orphaned())
-        await self.dispatcher.wait_idle(self.options.drain_timeout_s)
-        await self.dispatcher.close()
-        await self.layer.flush_done()
+        dispatcher = self.dispatcher
+        await self._release(dispatcher.drop_queued())
+        await self._release(dispatcher.take_orphaned())
+        await dispatcher.wait_idle(self.options.drain_timeout_s)
+        await self._release(await dispatcher.close())
         if self.consumer.is_running:
-            try:
-                await self.consumer.flush()
-            except Exception:
-                logger.exception("flow %s: commit after crash failed", self.name)
+            await self.checkpoint.commit()
             self.consumer.resume()
             self.consumer.rewind_unfinished()
         self.dispatcher = self._new_dispatcher()
@@ -213,27 +274,32 @@ class ConsumerFlow:
         self._stopping = True
 
     async def stop(self) -> None:
-        """Drain in-flight work, write done marks, commit, leave the group. Idempotent."""
+        """Drop what has not started, drain what runs, commit, leave the group. Idempotent."""
         self._stopping = True
         if not self._started:
             return
         self._started = False
-        # A dead letter that cannot be written must not hold the drain: it gives up,
-        # its message stays uncommitted and is redelivered after the restart.
+        self.layer.stopping = True
+        # Retry backoffs and blocked dead letters end now: those messages stay
+        # uncommitted and are redelivered after the restart.
         self.layer.error_handler.stop_dead_letter_retries()
-        drained = await self.dispatcher.wait_idle(self.options.drain_timeout_s)
-        if not drained:
-            logger.error(
-                "flow %s: %d messages still in flight after the %s s drain timeout; "
-                "cancelling them (they are not committed and will be redelivered)",
-                self.name,
-                self.dispatcher.in_flight,
-                self.options.drain_timeout_s,
-            )
-        await self.dispatcher.close()
+        dispatcher = self.dispatcher
         try:
-            await self.layer.release_claims(self.dispatcher.take_orphaned())
-            await self.layer.flush_done()
+            await self._release(dispatcher.drop_queued())
+            if not await dispatcher.wait_idle(self.options.drain_timeout_s):
+                logger.error(
+                    "flow %s: %d message(s) still running after the %s s drain timeout; "
+                    "cancelling them (they are not committed and will be redelivered)",
+                    self.name,
+                    dispatcher.in_flight,
+                    self.options.drain_timeout_s,
+                )
+            await self._release(await dispatcher.close())
+            await self._cancel_recovery()
+            await self.checkpoint.settled()
+            if self.consumer.is_running:
+                await self.checkpoint.commit()
+            await self._release(self.checkpoint.drop())
         finally:
             try:
                 await self.consumer.stop()
@@ -242,14 +308,12 @@ class ConsumerFlow:
 
     # ------------------------------------------------------------------ health
 
-    @property
-    def is_started(self) -> bool:
-        """True between ``start()`` and ``stop()``."""
-        return self._started
-
     def health(self) -> dict[str, Any]:
         """What this flow is doing right now."""
         assignment = self.consumer.assignment()
+        layer = self.layer
+        timeout = layer.handler_timeout_s
+        dedup = layer.dedup_step
         return {
             "topics": self.consumer.topics,
             "group_id": self.consumer.group_id,
@@ -257,6 +321,29 @@ class ConsumerFlow:
             "assigned_partitions": len(assignment),
             "paused_partitions": len(self.consumer.paused()),
             "in_flight": self.dispatcher.in_flight,
-            "dead_letter_blocked": self.layer.error_handler.dead_letter_blocked,
-            "outcomes": {k.value: v for k, v in self.layer.outcomes.items()},
+            "awaiting_commit": self.checkpoint.pending,
+            "overdue_handlers": layer.invoker.overdue(timeout) if timeout is not None else 0,
+            "waiting_on_claims": dedup.waiting if dedup is not None else 0,
+            "dedup_store_failing": dedup.store_failing if dedup is not None else False,
+            "dead_letter_blocked": layer.error_handler.dead_letter_blocked,
+            "checkpoint_error": self.checkpoint.last_error,
+            "outage": self.outage,
+            "outcomes": {k.value: v for k, v in layer.outcomes.items()},
         }
+
+    @property
+    def ready(self) -> bool:
+        """False while something holds the flow back: a stuck handler, dead letter or claim."""
+        report = self.health()
+        return not (
+            report["outage"]
+            or report["overdue_handlers"]
+            or report["waiting_on_claims"]
+            or report["dedup_store_failing"]
+            or report["dead_letter_blocked"]
+        )
+
+
+def _task_in(task: asyncio.Task[None], partitions: set[TopicPartition]) -> bool:
+    name = task.get_name()
+    return any(name.startswith(f"recover-{tp.topic}[{tp.partition}]") for tp in partitions)

@@ -1,15 +1,18 @@
-"""Hands fetched messages to lanes: ordering, concurrency and in-flight bounds.
+"""Hands fetched messages to lanes: ordering, concurrency, runs and in-flight bounds.
 
 A lane is a queue with one worker task, so messages of one lane run in order.
-The ordering mode decides which lane a message takes:
+The worker takes what is queued as one *run* (up to ``max_run`` messages) and
+processes it with one call. The ordering mode decides which lane a message takes:
 
 - ``partition``: one lane per partition (a partition's messages in order);
 - ``key``: ``concurrency`` lanes chosen by a hash of partition and key, so equal
   keys keep their order and different keys run in parallel;
 - ``unordered``: ``concurrency`` lanes fed round-robin.
 
-The dispatcher counts messages and bytes in flight; the flow pauses fetching
-when a bound is reached.
+After a run, its messages without an outcome (a run cut short) go back to the
+front of their lane unless :meth:`Dispatcher.keeps` says otherwise; the rest
+are handed to ``on_run_done``. The dispatcher counts messages and bytes in
+lanes; the flow pauses fetching when a bound is reached.
 """
 
 from __future__ import annotations
@@ -19,17 +22,18 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Literal
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 
+from core.config.settings import OrderingMode
+from core.streaming.infrastructure.closing import raise_if_cancelled
 from core.streaming.infrastructure.consumed_message import ConsumedMessage
-from core.streaming.reliability.deduplication_manager import ClaimResult
 from core.streaming.types import TopicPartition
 
 logger = logging.getLogger(__name__)
 
-OrderingMode = Literal["partition", "key", "unordered"]
-Process = Callable[[ConsumedMessage, ClaimResult | None], Awaitable[object]]
+__all__ = ["Dispatcher", "LaneCrashedError", "OrderingMode"]
+Process = Callable[[list[ConsumedMessage]], Awaitable[None]]
+RunDone = Callable[[list[ConsumedMessage]], Awaitable[None]]
 
 
 class LaneCrashedError(RuntimeError):
@@ -41,41 +45,54 @@ class _Lane:
 
     def __init__(self, name: Hashable, dispatcher: Dispatcher) -> None:
         self.name = name
-        self.queue: deque[tuple[ConsumedMessage, ClaimResult | None]] = deque()
-        self.current: ConsumedMessage | None = None
+        self.queue: deque[ConsumedMessage] = deque()
+        self.run: list[ConsumedMessage] = []
+        self.abandoning = False
         self._wakeup = asyncio.Event()
         self._dispatcher = dispatcher
         self.task = asyncio.create_task(self._work(), name=f"lane-{name}")
 
-    def push(self, message: ConsumedMessage, claim: ClaimResult | None) -> None:
-        self.queue.append((message, claim))
+    def push(self, message: ConsumedMessage) -> None:
+        self.queue.append(message)
         self._wakeup.set()
 
     async def _work(self) -> None:
         dispatcher = self._dispatcher
+        queue = self.queue
+        task = asyncio.current_task()
+        assert task is not None
         while True:
-            while not self.queue:
+            self._check_cancelled(task)
+            while not queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            message, claim = self.queue.popleft()
-            self.current = message
+            limit = dispatcher.max_run
+            run = [queue.popleft() for _ in range(min(limit, len(queue)))]
+            self.run = run
             try:
-                await dispatcher.process(message, claim)
+                await dispatcher.process(run)
             except asyncio.CancelledError:
-                raise
+                if not self.abandoning:
+                    raise
             except BaseException as exc:
-                dispatcher.crash(exc, message)
-                # Its claim (if still ours) is released with the rest of the lane's.
-                dispatcher.orphaned.append((message, claim))
-                dispatcher.orphan(self)
+                dispatcher.crash(exc, self)
                 raise
             finally:
-                self.current = None
-                dispatcher.done(message)
+                self.run = []
+            await dispatcher.finish_run(self, run)
+
+    def _check_cancelled(self, task: asyncio.Task[None]) -> None:
+        """End on a cancellation a library swallowed; carry on after an abandon."""
+        if self.abandoning:
+            self.abandoning = False
+            while task.cancelling():
+                task.uncancel()
+            return
+        raise_if_cancelled()
 
 
 class Dispatcher:
-    """Routes messages to ordered lanes and tracks what is in flight."""
+    """Routes messages to ordered lanes, runs them, and tracks what is in flight."""
 
     def __init__(
         self,
@@ -83,12 +100,20 @@ class Dispatcher:
         *,
         ordering: OrderingMode = "partition",
         concurrency: int = 1,
+        max_run: int = 500,
+        on_run_done: RunDone | None = None,
+        keeps: Callable[[ConsumedMessage], bool] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if max_run < 1:
+            raise ValueError("max_run must be at least 1")
         self.process = process
         self.ordering = ordering
         self.concurrency = concurrency
+        self.max_run = max_run
+        self.on_run_done = on_run_done
+        self.keeps = keeps or (lambda message: True)
         self._lanes: dict[Hashable, _Lane] = {}
         self._round_robin = itertools.cycle(range(concurrency))
         self.in_flight = 0
@@ -97,7 +122,7 @@ class Dispatcher:
         self._idle.set()
         self._progress = asyncio.Event()
         self.crashed: BaseException | None = None
-        self.orphaned: list[tuple[ConsumedMessage, ClaimResult | None]] = []
+        self.orphaned: list[ConsumedMessage] = []
 
     def _lane_key(self, message: ConsumedMessage) -> Hashable:
         if self.ordering == "partition":
@@ -109,42 +134,62 @@ class Dispatcher:
             return hash((message.topic, message.partition, message.key)) % self.concurrency
         return next(self._round_robin)
 
-    def submit(self, message: ConsumedMessage, claim: ClaimResult | None) -> None:
-        """Queue ``message`` on its lane."""
-        key = self._lane_key(message)
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = _Lane(key, self)
-        self.in_flight += 1
-        self.in_flight_bytes += message.size
-        self._idle.clear()
-        lane.push(message, claim)
+    def submit_many(self, messages: Iterable[ConsumedMessage]) -> None:
+        """Queue each message on its lane."""
+        lanes = self._lanes
+        n = size = 0
+        for message in messages:
+            key = self._lane_key(message)
+            lane = lanes.get(key)
+            if lane is None:
+                lane = lanes[key] = _Lane(key, self)
+            lane.push(message)
+            n += 1
+            size += message.size
+        if n:
+            self.in_flight += n
+            self.in_flight_bytes += size
+            self._idle.clear()
 
-    def done(self, message: ConsumedMessage) -> None:
-        """A lane finished with ``message`` (final or not)."""
-        self.in_flight -= 1
-        self.in_flight_bytes -= message.size
+    def submit(self, message: ConsumedMessage) -> None:
+        """Queue one message on its lane."""
+        self.submit_many((message,))
+
+    async def finish_run(self, lane: _Lane, run: list[ConsumedMessage]) -> None:
+        """Requeue what a cut-short run did not run; hand the rest on."""
+        keeps = self.keeps
+        requeue = [m for m in run if m.outcome is None and keeps(m)]
+        if requeue:
+            lane.queue.extendleft(reversed(requeue))
+            leaving = [m for m in run if not (m.outcome is None and keeps(m))]
+        else:
+            leaving = run
+        try:
+            if self.on_run_done is not None and leaving:
+                await self.on_run_done(leaving)
+        finally:
+            self._left(leaving)
+
+    def _left(self, messages: list[ConsumedMessage]) -> None:
+        self.in_flight -= len(messages)
+        self.in_flight_bytes -= sum(m.size for m in messages)
         self._progress.set()
-        if self.in_flight == 0:
+        if self.in_flight <= 0:
             self._idle.set()
 
-    def crash(self, exc: BaseException, message: ConsumedMessage) -> None:
-        """Remember a lane failure; the flow sees it and resets."""
-        logger.error("lane crashed on %s", message.location(), exc_info=exc)
+    def crash(self, exc: BaseException, lane: _Lane) -> None:
+        """Remember a lane failure; its run and queue will not run here."""
+        where = lane.run[0].location() if lane.run else str(lane.name)
+        logger.error("lane crashed on %s", where, exc_info=exc)
         if self.crashed is None:
             self.crashed = exc
-        self._progress.set()
-
-    def orphan(self, lane: _Lane) -> None:
-        """Take the queue of a lane that died: its messages will not run here."""
-        for item in lane.queue:
-            self.in_flight -= 1
-            self.in_flight_bytes -= item[0].size
-        self.orphaned.extend(lane.queue)
+        orphans = [*lane.run, *lane.queue]
         lane.queue.clear()
+        self.orphaned.extend(orphans)
+        self._left(orphans)
 
-    def take_orphaned(self) -> list[tuple[ConsumedMessage, ClaimResult | None]]:
-        """Messages left queued on lanes that died (their claims need releasing)."""
+    def take_orphaned(self) -> list[ConsumedMessage]:
+        """Messages of lanes that died (their claims need releasing)."""
         orphaned, self.orphaned = self.orphaned, []
         return orphaned
 
@@ -154,33 +199,41 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._progress.wait(), timeout_s)
 
-    def drop_queued(
-        self, partitions: set[TopicPartition] | None = None
-    ) -> list[tuple[ConsumedMessage, ClaimResult | None]]:
+    def drop_queued(self, partitions: set[TopicPartition] | None = None) -> list[ConsumedMessage]:
         """Forget queued, not yet started messages (of ``partitions``); returns them."""
-        dropped: list[tuple[ConsumedMessage, ClaimResult | None]] = []
+        dropped: list[ConsumedMessage] = []
         for lane in self._lanes.values():
-            keep: deque[tuple[ConsumedMessage, ClaimResult | None]] = deque()
-            for item in lane.queue:
-                if partitions is None or item[0].topic_partition in partitions:
-                    dropped.append(item)
-                    self.in_flight -= 1
-                    self.in_flight_bytes -= item[0].size
-                else:
-                    keep.append(item)
-            lane.queue = keep
-        if self.in_flight == 0:
-            self._idle.set()
+            if partitions is None:
+                dropped.extend(lane.queue)
+                lane.queue.clear()
+                continue
+            keep: list[ConsumedMessage] = []
+            for message in lane.queue:
+                (dropped if message.topic_partition in partitions else keep).append(message)
+            lane.queue.clear()  # in place: the worker holds this deque
+            lane.queue.extend(keep)
+        if dropped:
+            self._left(dropped)
         return dropped
 
     def busy_with(self, partitions: set[TopicPartition]) -> bool:
-        """True while any lane holds a message of ``partitions``."""
+        """True while any lane runs or holds a message of ``partitions``."""
         for lane in self._lanes.values():
-            if lane.current is not None and lane.current.topic_partition in partitions:
+            if any(m.topic_partition in partitions for m in lane.run):
                 return True
-            if any(m.topic_partition in partitions for m, _ in lane.queue):
+            if any(m.topic_partition in partitions for m in lane.queue):
                 return True
         return False
+
+    def abandon(self, partitions: set[TopicPartition]) -> int:
+        """Cancel the handlers now running messages of ``partitions``; how many lanes."""
+        count = 0
+        for lane in self._lanes.values():
+            if any(m.topic_partition in partitions for m in lane.run) and not lane.task.done():
+                lane.abandoning = True
+                lane.task.cancel()
+                count += 1
+        return count
 
     async def wait_partitions(self, partitions: set[TopicPartition], timeout_s: float) -> bool:
         """Wait until no lane holds work of ``partitions``; False on timeout."""
@@ -190,7 +243,7 @@ class Dispatcher:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
-            await self.wait_progress(min(remaining, 0.1))
+            await self.wait_progress(min(remaining, 0.05))
         return True
 
     async def wait_idle(self, timeout_s: float) -> bool:
@@ -201,12 +254,16 @@ class Dispatcher:
             return False
         return True
 
-    async def close(self) -> None:
-        """Cancel every lane worker (what is queued is forgotten)."""
+    async def close(self) -> list[ConsumedMessage]:
+        """Cancel every lane worker; returns the messages they still held."""
         lanes, self._lanes = list(self._lanes.values()), {}
+        left: list[ConsumedMessage] = []
         for lane in lanes:
+            left.extend(lane.run)
+            left.extend(lane.queue)
             lane.task.cancel()
         await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
         self.in_flight = 0
         self.in_flight_bytes = 0
         self._idle.set()
+        return left

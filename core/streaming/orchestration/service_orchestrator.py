@@ -8,9 +8,7 @@ unhealthy and, if ``exit_on_unhealthy``, asks ``serve()`` to exit non-zero.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -20,107 +18,13 @@ from core.streaming.infrastructure.connection_manager import ConnectionManager
 from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.orchestration.consumer_flow import ConsumerFlow, FlowOptions
+from core.streaming.orchestration.flow_supervisor import FlowSupervisor
 from core.streaming.orchestration.lifecycle_coordinator import LifecycleCoordinator, Stage
 from core.streaming.orchestration.ops_server import OpsServer
 from core.streaming.reliability.metrics_collector import MetricsCollector
 from core.streaming.reliability.reliability_layer import ReliabilityLayer
 
 logger = logging.getLogger(__name__)
-
-# The fetch loop runs no handler: cancelling it after a short wait loses nothing
-# (what it fetched and did not hand out is fetched again).
-_LOOP_STOP_WAIT_S = 2.0
-
-
-class _FlowSupervisor:
-    """Runs one flow's loop, restarting it after crashes."""
-
-    def __init__(
-        self,
-        flow: ConsumerFlow,
-        orchestrator: ServiceOrchestrator,
-        *,
-        max_restarts: int,
-        initial_backoff_s: float,
-        max_backoff_s: float,
-    ) -> None:
-        self.flow = flow
-        self._orchestrator = orchestrator
-        self.max_restarts = max_restarts
-        self.initial_backoff_s = initial_backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.restarts = 0
-        self.stable_after_s = 300.0
-        self._last_crash = time.monotonic()
-        self.gave_up = False
-        self.last_error: str | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._supervise(), name=f"loop-{self.flow.name}")
-
-    @property
-    def alive(self) -> bool:
-        return self._task is not None and not self._task.done() and not self.gave_up
-
-    async def _supervise(self) -> None:
-        flow = self.flow
-        backoff = self.initial_backoff_s
-        while True:
-            try:
-                await flow.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                now = time.monotonic()
-                if now - self._last_crash > self.stable_after_s:
-                    self.restarts = 0  # the budget is per burst of crashes, not per lifetime
-                self._last_crash = now
-                self.restarts += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                logger.exception(
-                    "flow %s: consumption loop crashed (restart %d of %d)",
-                    flow.name,
-                    self.restarts,
-                    self.max_restarts,
-                )
-                if flow.metrics is not None:
-                    flow.metrics.record_loop_restart(consumer_group=flow.consumer.group_id)
-                try:
-                    await flow.reset_after_crash()
-                except Exception:
-                    logger.exception("flow %s: reset after crash failed", flow.name)
-                if self.restarts > self.max_restarts:
-                    self.gave_up = True
-                    self._orchestrator._on_flow_gave_up(self)
-                    return
-                await asyncio.sleep(backoff)
-                backoff = min(self.max_backoff_s, backoff * 2)
-
-    async def stop(self) -> None:
-        """Ask the loop to return after its current fetch, then wait for it."""
-        self.flow.request_stop()
-        task, self._task = self._task, None
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), _LOOP_STOP_WAIT_S)
-        except TimeoutError:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        except Exception:
-            logger.exception("flow %s: loop ended with an error", self.flow.name)
-
-    def health(self) -> dict[str, Any]:
-        return {
-            "alive": self.alive,
-            "restarts": self.restarts,
-            "gave_up": self.gave_up,
-            "last_error": self.last_error,
-        }
-
 
 class _TopicEnsurer:
     """Creates the service's topics at start."""
@@ -163,7 +67,7 @@ class ServiceOrchestrator:
         self.producers: list[MessageProducer] = []
         self.reliability_layers: list[ReliabilityLayer] = []
         self.flows: list[ConsumerFlow] = []
-        self._supervisors: list[_FlowSupervisor] = []
+        self._supervisors: list[FlowSupervisor] = []
         self._ops_server = ops_server
         self.coordinator = LifecycleCoordinator(service_name)
         self._assembled = False
@@ -240,12 +144,12 @@ class ServiceOrchestrator:
             register(f"dead-letter-producer[{i}]", producer, Stage.PRODUCERS)
         for flow in self.flows:
             register(f"flow[{flow.name}]", flow, Stage.CONSUMERS)
-            supervisor = _FlowSupervisor(
+            supervisor = FlowSupervisor(
                 flow,
-                self,
                 max_restarts=self.max_loop_restarts,
                 initial_backoff_s=self.restart_backoff_s,
                 max_backoff_s=self.restart_backoff_max_s,
+                on_gave_up=self._on_flow_gave_up,
             )
             self._supervisors.append(supervisor)
             register(f"loop[{flow.name}]", supervisor, Stage.LOOPS)
@@ -293,7 +197,7 @@ class ServiceOrchestrator:
         finally:
             self._status = "stopped"
 
-    def _on_flow_gave_up(self, supervisor: _FlowSupervisor) -> None:
+    def _on_flow_gave_up(self, supervisor: FlowSupervisor) -> None:
         logger.error(
             "service %s: flow %s crashed %d times; service is unhealthy",
             self.service_name,
@@ -309,10 +213,6 @@ class ServiceOrchestrator:
     def is_live(self) -> bool:
         """Every consumption loop is alive (has not given up)."""
         return self._status == "running" and all(s.alive for s in self._supervisors)
-
-    async def is_ready(self) -> bool:
-        """Live, connections up, and every consumer joined its group."""
-        return bool((await self.health())["ready"])
 
     def registries(self) -> list[CollectorRegistry]:
         """Metric registries exposed by this service."""
@@ -331,8 +231,8 @@ class ServiceOrchestrator:
         if self.connections is not None and self._status == "running":
             connections_ok = bool(components.get("connections", {}).get("healthy", False))
         joined = all(c.has_joined for c in self.consumers)
-        dead_letters_ok = not any(f.layer.error_handler.dead_letter_blocked for f in self.flows)
-        ready = live and connections_ok and joined and dead_letters_ok
+        flows_ok = all(f.ready for f in self.flows)
+        ready = live and connections_ok and joined and flows_ok
         status = self._status
         if status == "running" and not live:
             status = "unhealthy"

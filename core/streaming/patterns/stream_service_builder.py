@@ -10,7 +10,7 @@ service with environment variables; per-flow keyword overrides win over both.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +28,11 @@ from core.streaming.reliability.deduplication_manager import DeduplicationManage
 from core.streaming.reliability.error_handler import ErrorHandler
 from core.streaming.reliability.metrics_collector import MetricsCollector
 from core.streaming.reliability.reliability_layer import ReliabilityLayer
+from core.streaming.reliability.steps import BatchHandler, Handler, Step
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], Awaitable[None]]
+DedupKey = Callable[[dict[str, Any]], str | None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class FlowOverrides:
     max_in_flight: int | None = None
     auto_offset_reset: str = "earliest"
     error_handler: ErrorHandler | None = None
+    dedup_key: DedupKey | None = None
+    handler_timeout_s: float | None = None
+    steps: tuple[Step, ...] = ()
 
 
 @dataclass
@@ -58,6 +62,7 @@ class _FlowSpec:
     group_id: str
     handler: Handler
     overrides: FlowOverrides = field(default_factory=FlowOverrides)
+    batch_handler: BatchHandler | None = None
 
 
 class StreamServiceBuilder:
@@ -141,13 +146,38 @@ class StreamServiceBuilder:
         """Consume ``topics`` in ``group_id`` and hand each event to ``handler_func``.
 
         Keyword overrides are the fields of :class:`FlowOverrides` (``dedup``,
-        ``retry_attempts``, ``dead_letter_topic``, ``ordering``, ``concurrency``,
-        ``commit_policy``, ...).
+        ``dedup_key``, ``retry_attempts``, ``dead_letter_topic``, ``ordering``,
+        ``concurrency``, ``commit_policy``, ``handler_timeout_s``, ``steps``, ...).
         """
         if isinstance(topics, str):
             topics = [topics]
         self._flows.append(
-            _FlowSpec(list(topics), group_id, handler_func, FlowOverrides(**overrides))
+            _FlowSpec(list(topics), group_id, handler_func, _overrides(overrides))
+        )
+        return self
+
+    def add_batch_handler(
+        self,
+        topics: Sequence[str],
+        group_id: str,
+        handler_func: BatchHandler,
+        **overrides: Any,
+    ) -> StreamServiceBuilder:
+        """Consume ``topics`` in ``group_id`` and hand each run of events to ``handler_func``.
+
+        The handler gets a list of envelopes (up to one lane's run). Raising fails
+        every event of the list (retried, then dead-lettered one by one); raising
+        :class:`~core.streaming.reliability.steps.BatchItemsFailed` fails only
+        the events it names. Overrides as for :meth:`add_consumer_handler`.
+        """
+        if isinstance(topics, str):
+            topics = [topics]
+
+        async def unused(event: dict[str, Any]) -> None:  # pragma: no cover
+            raise RuntimeError("a batch flow has no per-event handler")
+
+        self._flows.append(
+            _FlowSpec(list(topics), group_id, unused, _overrides(overrides), handler_func)
         )
         return self
 
@@ -209,6 +239,12 @@ class StreamServiceBuilder:
         topics: list[str] = []
         for spec in self._flows:
             flow_rel = self._flow_settings(spec, rel)
+            if flow_rel.revocation_timeout_s * 2000 > self.config.rebalance_timeout_ms:
+                raise ValueError(
+                    f"flow {spec.group_id}: revocation_timeout_s "
+                    f"({flow_rel.revocation_timeout_s:g} s) must be at most half of the "
+                    f"consumer's rebalance_timeout_ms ({self.config.rebalance_timeout_ms} ms)"
+                )
             consumer = MessageConsumer(
                 self.config,
                 spec.topics,
@@ -253,6 +289,10 @@ class StreamServiceBuilder:
                 deduplicator=deduplicator,
                 error_handler=error_handler,
                 metrics_collector=metrics,
+                steps=spec.overrides.steps,
+                dedup_key=spec.overrides.dedup_key,
+                handler_timeout_s=spec.overrides.handler_timeout_s or flow_rel.handler_timeout_s,
+                batch_handler=spec.batch_handler,
             )
             orchestrator.add_consumer_flow(
                 consumer,
@@ -263,6 +303,8 @@ class StreamServiceBuilder:
                     max_in_flight=flow_rel.max_in_flight,
                     max_in_flight_bytes=flow_rel.max_in_flight_bytes,
                     drain_timeout_s=flow_rel.drain_timeout_s,
+                    revocation_timeout_s=flow_rel.revocation_timeout_s,
+                    stop_timeout_s=flow_rel.stop_timeout_s,
                 ),
             )
             topics.extend(spec.topics)
@@ -312,3 +354,17 @@ class StreamServiceBuilder:
             if value is not None:
                 update[field_name] = value
         return rel.model_copy(update=update) if update else rel
+
+
+def _overrides(values: dict[str, Any]) -> FlowOverrides:
+    """Per-flow overrides, refusing combinations that cannot mean what they say."""
+    steps = values.get("steps")
+    if steps is not None:
+        values = {**values, "steps": tuple(steps)}
+    overrides = FlowOverrides(**values)
+    if overrides.ordering == "partition" and (overrides.concurrency or 1) > 1:
+        raise ValueError(
+            "ordering='partition' runs one lane per partition; for concurrency within a "
+            "partition use ordering='key' (per-key order) or 'unordered'"
+        )
+    return overrides

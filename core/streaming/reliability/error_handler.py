@@ -3,13 +3,15 @@
 Every failure is classified (:func:`classify_error`). A retryable one is retried
 with exponential backoff and jitter up to ``max_attempts`` attempts in total; a
 permanent one stops retrying at once. A message that still fails is written to
-its dead-letter topic with its original key and value bytes untouched and with
-headers saying where it came from and why it failed; only once the broker has
-acknowledged that write is the message's offset committed.
+its dead-letter topic (:mod:`dead_letter_writer`); only once the broker has
+acknowledged that write is the message final. With dead letters disabled a
+failing message is retried with capped backoff until it succeeds or the flow
+stops: it is never committed unhandled.
 
-Dead-letter topic rule: ``dead_letter_topic`` when given (one topic for every
-source topic of the flow), otherwise ``<original topic><dead_letter_suffix>``,
-for example ``orders`` -> ``orders.dlq``.
+:class:`ErrorHandler` is also the flow's retry step: in the chain it settles
+each failed message before later messages of the same lane run, so blocking
+retries keep per-lane order. Dead-letter topic rule: ``dead_letter_topic`` when
+given, otherwise ``<original topic><dead_letter_suffix>`` (``orders.dlq``).
 """
 
 from __future__ import annotations
@@ -17,66 +19,65 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import traceback
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NoReturn
 
 from pydantic import ValidationError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import RetryCallState, wait_exponential
 
-from core.streaming.clients import TRANSIENT_CLIENT_ERRORS
-from core.streaming.errors import (
-    MessageTooLargeError,
-    PermanentError,
-    RetryableError,
-    StreamingError,
-)
-from core.streaming.infrastructure.consumed_message import ConsumedMessage
+from core.streaming.clients import TOO_LARGE_ERRORS, TRANSIENT_CLIENT_ERRORS
+from core.streaming.errors import DecodeError, PermanentError, RetryableError
+from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
 from core.streaming.infrastructure.message_producer import MessageProducer
-from core.streaming.reliability.metrics_collector import DEFAULT_GROUP, MetricsCollector
+from core.streaming.reliability.dead_letter_writer import (
+    DEAD_LETTER_HEADERS,
+    HEADER_ATTEMPTS,
+    HEADER_CONSUMER_GROUP,
+    HEADER_EXCEPTION_MESSAGE,
+    HEADER_EXCEPTION_TRACEBACK,
+    HEADER_EXCEPTION_TYPE,
+    HEADER_FAILED_AT,
+    HEADER_ORIGINAL_OFFSET,
+    HEADER_ORIGINAL_PARTITION,
+    HEADER_ORIGINAL_SIZE,
+    HEADER_ORIGINAL_TIMESTAMP,
+    HEADER_ORIGINAL_TOPIC,
+    HEADER_REFERENCE,
+    HEADER_SERVICE,
+    DeadLetterAbortedError,
+    DeadLetterWriter,
+    dead_letter_headers,
+    exception_type_name,
+)
+from core.streaming.reliability.sensors import Sensor
+from core.streaming.reliability.steps import Batch, Next
 
 logger = logging.getLogger(__name__)
 
-HEADER_ORIGINAL_TOPIC = "dlq.original.topic"
-HEADER_ORIGINAL_PARTITION = "dlq.original.partition"
-HEADER_ORIGINAL_OFFSET = "dlq.original.offset"
-HEADER_ORIGINAL_TIMESTAMP = "dlq.original.timestamp"
-HEADER_CONSUMER_GROUP = "dlq.consumer.group"
-HEADER_SERVICE = "dlq.service"
-HEADER_EXCEPTION_TYPE = "dlq.exception.type"
-HEADER_EXCEPTION_MESSAGE = "dlq.exception.message"
-HEADER_EXCEPTION_TRACEBACK = "dlq.exception.traceback"
-HEADER_ATTEMPTS = "dlq.attempts"
-HEADER_FAILED_AT = "dlq.failed.at"
-
-#: Every header a dead letter carries after the original message's own headers.
-DEAD_LETTER_HEADERS: tuple[str, ...] = (
-    HEADER_ORIGINAL_TOPIC,
-    HEADER_ORIGINAL_PARTITION,
-    HEADER_ORIGINAL_OFFSET,
-    HEADER_ORIGINAL_TIMESTAMP,
-    HEADER_CONSUMER_GROUP,
-    HEADER_SERVICE,
-    HEADER_EXCEPTION_TYPE,
-    HEADER_EXCEPTION_MESSAGE,
-    HEADER_EXCEPTION_TRACEBACK,
-    HEADER_ATTEMPTS,
-    HEADER_FAILED_AT,
-)
-
-#: Byte bounds of the free-text headers.
-MAX_MESSAGE_BYTES = 1024
-MAX_TRACEBACK_BYTES = 4096
-COMPACT_MESSAGE_BYTES = 256
-_TRUNCATED = "...\n"
+__all__ = [
+    "DEAD_LETTER_HEADERS",
+    "HEADER_ATTEMPTS",
+    "HEADER_CONSUMER_GROUP",
+    "HEADER_EXCEPTION_MESSAGE",
+    "HEADER_EXCEPTION_TRACEBACK",
+    "HEADER_EXCEPTION_TYPE",
+    "HEADER_FAILED_AT",
+    "HEADER_ORIGINAL_OFFSET",
+    "HEADER_ORIGINAL_PARTITION",
+    "HEADER_ORIGINAL_SIZE",
+    "HEADER_ORIGINAL_TIMESTAMP",
+    "HEADER_ORIGINAL_TOPIC",
+    "HEADER_REFERENCE",
+    "HEADER_SERVICE",
+    "DeadLetterAbortedError",
+    "DecodeError",
+    "ErrorClass",
+    "ErrorHandler",
+    "ProcessingOutcome",
+    "classify_error",
+    "dead_letter_headers",
+    "exception_type_name",
+]
 
 
 class ErrorClass(StrEnum):
@@ -86,31 +87,12 @@ class ErrorClass(StrEnum):
     PERMANENT = "permanent"
 
 
-class ProcessingOutcome(StrEnum):
-    """The final state :meth:`ErrorHandler.handle_processing_error` reached."""
-
-    HANDLED = "handled"
-    """A retry succeeded; the message was committed."""
-    DEAD_LETTERED = "dead_lettered"
-    """The message was written to its dead-letter topic, then committed."""
-
-
-class DecodeError(PermanentError):
-    """A message's bytes are not a decodable event; retrying cannot help."""
-
-
-class DeadLetterAbortedError(StreamingError):
-    """A failed message could not be finished and waiting for it was stopped.
-
-    Raised by :meth:`ErrorHandler.handle_processing_error` and
-    :meth:`ErrorHandler.dead_letter` after :meth:`ErrorHandler.stop_dead_letter_retries`
-    while the message was neither handled nor dead-lettered. Nothing was
-    committed for it: it is delivered again after a restart.
-    """
-
+#: The final states :meth:`ErrorHandler.handle_processing_error` reaches.
+ProcessingOutcome = Outcome
 
 _PERMANENT_TYPES: tuple[type[BaseException], ...] = (
     PermanentError,
+    *TOO_LARGE_ERRORS,
     ValidationError,
     ValueError,
     TypeError,
@@ -138,6 +120,8 @@ def classify_error(exc: BaseException) -> ErrorClass:
         return ErrorClass.RETRYABLE
     if isinstance(exc, PermanentError):
         return ErrorClass.PERMANENT
+    if isinstance(exc, TOO_LARGE_ERRORS):
+        return ErrorClass.PERMANENT
     if isinstance(exc, BaseExceptionGroup):
         classes = {classify_error(e) for e in exc.exceptions}
         return ErrorClass.PERMANENT if ErrorClass.PERMANENT in classes else ErrorClass.RETRYABLE
@@ -148,84 +132,8 @@ def classify_error(exc: BaseException) -> ErrorClass:
     return ErrorClass.RETRYABLE
 
 
-def exception_type_name(exc: BaseException) -> str:
-    """``module.QualName`` of an exception's class (no module for builtins)."""
-    cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _head_bytes(text: str, limit: int) -> bytes:
-    data = text.encode("utf-8", "replace")
-    if len(data) <= limit:
-        return data
-    return data[:limit].decode("utf-8", "ignore").encode("utf-8")
-
-
-def _tail_bytes(text: str, limit: int) -> bytes:
-    data = text.encode("utf-8", "replace")
-    if len(data) <= limit:
-        return data
-    marker = _TRUNCATED.encode()
-    tail = data[len(data) - (limit - len(marker)) :].decode("utf-8", "ignore").encode("utf-8")
-    return marker + tail
-
-
-def dead_letter_headers(
-    raw_message: ConsumedMessage,
-    error: BaseException,
-    attempts: int,
-    *,
-    service_name: str,
-    consumer_group: str,
-    failed_at: datetime | None = None,
-    compact: bool = False,
-) -> list[tuple[str, bytes]]:
-    """The headers of a dead letter: the original ones, then the ``dlq.*`` ones.
-
-    ``compact`` leaves the traceback empty and shortens the message to
-    ``COMPACT_MESSAGE_BYTES``, for records too large to carry the full text.
-    """
-    when = (failed_at or datetime.now(UTC)).astimezone(UTC)
-    trace = "" if compact else "".join(traceback.format_exception(error))
-    message_limit = COMPACT_MESSAGE_BYTES if compact else MAX_MESSAGE_BYTES
-    return [
-        *raw_message.headers,
-        (HEADER_ORIGINAL_TOPIC, raw_message.topic.encode()),
-        (HEADER_ORIGINAL_PARTITION, str(raw_message.partition).encode()),
-        (HEADER_ORIGINAL_OFFSET, str(raw_message.offset).encode()),
-        (HEADER_ORIGINAL_TIMESTAMP, str(raw_message.timestamp).encode()),
-        (HEADER_CONSUMER_GROUP, consumer_group.encode()),
-        (HEADER_SERVICE, service_name.encode()),
-        (HEADER_EXCEPTION_TYPE, exception_type_name(error).encode()),
-        (HEADER_EXCEPTION_MESSAGE, _head_bytes(str(error), message_limit)),
-        (HEADER_EXCEPTION_TRACEBACK, _tail_bytes(trace, MAX_TRACEBACK_BYTES)),
-        (HEADER_ATTEMPTS, str(attempts).encode()),
-        (HEADER_FAILED_AT, when.isoformat(timespec="milliseconds").encode()),
-    ]
-
-
 class ErrorHandler:
-    """Retries, dead-letters and then commits failed messages of one consumer flow.
-
-    A message is committed only in a final state: handled by a retry, or written
-    to the dead-letter topic with the broker's acknowledgement. When that write
-    fails (broker down, topic refused) it is retried with backoff capped at
-    ``dlq_retry_backoff_max_s`` until it succeeds, the task is cancelled, or
-    :meth:`stop_dead_letter_retries` is called; meanwhile nothing is committed and
-    the flow stops progressing on that message, by design: stop consuming rather
-    than lose a message. :attr:`dead_letter_blocked` reports that state.
-
-    With ``dead_letter_enabled=False`` there is no dead-letter topic, and a
-    message that used up its retry budget is neither committed nor dropped: the
-    handler keeps retrying it with backoff capped at ``dlq_retry_backoff_max_s``,
-    logging an error on each failure and counting each retry, until it succeeds
-    (then it is committed and the outcome is ``HANDLED``), the task is cancelled,
-    or :meth:`stop_dead_letter_retries` is called (then
-    :class:`DeadLetterAbortedError`). The flow blocks on that message, and
-    :attr:`dead_letter_blocked` is true meanwhile, so health reports show it.
-    """
+    """Retries, then dead-letters, failed messages of one consumer flow (a chain step)."""
 
     def __init__(
         self,
@@ -239,10 +147,11 @@ class ErrorHandler:
         dead_letter_enabled: bool = True,
         dead_letter_suffix: str = ".dlq",
         dead_letter_topic: str | None = None,
-        metrics: MetricsCollector | None = None,
+        metrics: object | None = None,
         classifier: Callable[[BaseException], ErrorClass] = classify_error,
         dlq_retry_backoff_max_s: float = 5.0,
         dlq_retry_backoff_initial_s: float = 0.1,
+        sensor: Sensor | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -256,24 +165,35 @@ class ErrorHandler:
             raise ValueError("dead-letter retry backoff must be positive")
         self.producer = producer
         self.service_name = service_name
-        self.consumer_group = consumer_group or DEFAULT_GROUP
+        self.consumer_group = consumer_group or "default"
         self.max_attempts = max_attempts
         self.backoff_initial_s = backoff_initial_ms / 1000
         self.backoff_max_s = backoff_max_ms / 1000
         self.dead_letter_enabled = dead_letter_enabled
         self.dead_letter_suffix = dead_letter_suffix
         self.dead_letter_topic_override = dead_letter_topic
-        self.metrics = metrics
         self.classifier = classifier
-        self.dlq_retry_backoff_initial_s = min(dlq_retry_backoff_initial_s, dlq_retry_backoff_max_s)
+        if sensor is None and metrics is not None:
+            sensor = metrics.for_flow(self.consumer_group)  # type: ignore[attr-defined]
+        self.sensor = sensor or Sensor()
         self.dlq_retry_backoff_max_s = dlq_retry_backoff_max_s
+        self.writer = (
+            DeadLetterWriter(
+                producer,
+                service_name,
+                self.consumer_group,
+                retry_backoff_initial_s=min(dlq_retry_backoff_initial_s, dlq_retry_backoff_max_s),
+                retry_backoff_max_s=dlq_retry_backoff_max_s,
+            )
+            if producer is not None
+            else None
+        )
         self._exponential = wait_exponential(
             multiplier=self.backoff_initial_s, max=self.backoff_max_s
         )
-        self._stop_retries = asyncio.Event()
+        self._stop = asyncio.Event()
         self._blocked = 0
         self.dead_lettered = 0
-        self.dead_letter_write_failures = 0
 
     # ------------------------------------------------------------------ topics, state
 
@@ -284,43 +204,135 @@ class ErrorHandler:
     @property
     def dead_letter_blocked(self) -> bool:
         """True while some failed message can be neither dead-lettered nor handled."""
-        return self._blocked > 0
+        return self._blocked > 0 or (self.writer is not None and self.writer.blocked > 0)
+
+    @property
+    def dead_letter_write_failures(self) -> int:
+        """Failed dead-letter writes so far (each is retried)."""
+        return self.writer.write_failures if self.writer is not None else 0
 
     def stop_dead_letter_retries(self) -> None:
-        """Stop waiting for blocked messages (at shutdown): they end uncommitted.
-
-        Each blocked call raises :class:`DeadLetterAbortedError`; later failures
-        raise it after one attempt instead of retrying.
-        """
-        self._stop_retries.set()
+        """Stop waiting for blocked messages (at shutdown): they end uncommitted."""
+        self._stop.set()
+        if self.writer is not None:
+            self.writer.stop_retries()
 
     def allow_dead_letter_retries(self) -> None:
         """Undo :meth:`stop_dead_letter_retries` (when the flow starts again)."""
-        self._stop_retries = asyncio.Event()
+        self._stop = asyncio.Event()
+        if self.writer is not None:
+            self.writer.allow_retries()
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> dict[str, object]:
         """State for a health report."""
         return {
             "dead_letter_blocked": self.dead_letter_blocked,
-            "blocked_messages": self._blocked,
             "dead_lettered": self.dead_lettered,
             "dead_letter_write_failures": self.dead_letter_write_failures,
+            "dead_letter_references": self.writer.references if self.writer else 0,
         }
 
-    # ------------------------------------------------------------------ retries
+    # ------------------------------------------------------------------ the step
+
+    async def __call__(self, batch: Batch, call_next: Next) -> None:
+        """Run the batch; settle each failure (retries, dead letter) before going on."""
+        start = 0
+        while start < len(batch):
+            await call_next(batch if start == 0 else batch[start:])
+            failed = next(
+                (i for i in range(start, len(batch)) if batch[i].outcome is Outcome.FAILED), None
+            )
+            if failed is None:
+                return
+            await self.settle(batch[failed], call_next)
+            if batch[failed].outcome is None:
+                return  # stopped while settling: the rest stays unrun
+            start = failed + 1
+
+    async def settle(self, message: ConsumedMessage, call_next: Next) -> None:
+        """Take a failed message to a final state, or leave it unrun when stopping."""
+        error = message.error or RuntimeError("failed without an error")
+        while True:
+            self._failed(message, error)
+            exhausted = (
+                self.classifier(error) is ErrorClass.PERMANENT
+                or message.attempts >= self.max_attempts
+            )
+            if exhausted and (self.dead_letter_enabled or message.decode_error is not None):
+                break
+            delay = self._blocked_wait(message) if exhausted else self._wait(message.attempts)
+            if not await self._sleep(delay, blocked=exhausted):
+                message.outcome, message.error = None, None
+                return
+            self.sensor.on_retry(message, error)
+            message.outcome, message.error = None, None
+            await call_next([message])
+            if message.outcome is not Outcome.FAILED:
+                return  # handled, or left unrun by a stop
+            error = message.error or error
+        await self._dead_letter(message, error)
+
+    def _failed(self, message: ConsumedMessage, error: BaseException) -> None:
+        if message.decode_error is not None:
+            self.sensor.on_decode_failure(message)
+        else:
+            self.sensor.on_failure(message, error)
+        logger.warning(
+            "handler failed on %s (attempt %d of %d, %s: %s)",
+            message.location(),
+            message.attempts,
+            self.max_attempts,
+            type(error).__name__,
+            str(error)[:500],
+        )
+
+    async def _dead_letter(self, message: ConsumedMessage, error: BaseException) -> None:
+        try:
+            await self.dead_letter(message, error, max(message.attempts, 1))
+        except DeadLetterAbortedError:
+            message.outcome, message.error = None, None
+            return
+        message.outcome = Outcome.DEAD_LETTERED
+        message.error = error
+
+    def _wait(self, attempts: int) -> float:
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempts
+        return self._retry_wait(state)
 
     def _retry_wait(self, state: RetryCallState) -> float:
         """Exponential backoff (initial, 2x, 4x, ...) plus up to ``initial`` of jitter, capped."""
         jitter = random.uniform(0, self.backoff_initial_s)
-        return min(self._exponential(state) + jitter, self.backoff_max_s)
+        return min(float(self._exponential(state)) + jitter, self.backoff_max_s)
 
-    def _is_retryable(self, exc: BaseException) -> bool:
-        return isinstance(exc, Exception) and self.classifier(exc) is ErrorClass.RETRYABLE
+    def _blocked_wait(self, message: ConsumedMessage) -> float:
+        """Backoff of a message retried past its budget (dead letters disabled)."""
+        logger.error(
+            "%s failed %d time(s) and dead letters are disabled; it is not committed "
+            "and is retried until it succeeds",
+            message.location(),
+            message.attempts,
+        )
+        beyond = min(max(message.attempts - self.max_attempts, 0) + 1, 30)
+        delay: float = max(self.backoff_initial_s, 0.1) * 2.0**beyond
+        return min(delay, self.dlq_retry_backoff_max_s)
 
-    def _count_retry(self, topic: str, exc: BaseException | None) -> None:
-        if self.metrics is not None:
-            name = type(exc).__name__ if exc is not None else "error"
-            self.metrics.record_retry(topic, name, consumer_group=self.consumer_group)
+    async def _sleep(self, delay: float, *, blocked: bool = False) -> bool:
+        """Sleep ``delay`` seconds; False when retries are stopped first."""
+        if self._stop.is_set():
+            return False
+        if blocked:
+            self._blocked += 1
+        try:
+            await asyncio.wait_for(self._stop.wait(), delay)
+        except TimeoutError:
+            return True
+        finally:
+            if blocked:
+                self._blocked -= 1
+        return False
+
+    # ------------------------------------------------------------------ direct API
 
     async def handle_processing_error(
         self,
@@ -328,241 +340,73 @@ class ErrorHandler:
         error: BaseException,
         processing_func: Callable[[], Awaitable[None]],
         commit_func: Callable[[], Awaitable[None]],
-    ) -> ProcessingOutcome:
+    ) -> Outcome:
         """Drive a message whose first attempt raised ``error`` to a final state.
 
         ``processing_func`` runs the handler once more; ``commit_func`` marks the
         message final and is awaited only after a successful retry or an
-        acknowledged dead-letter write. ``error`` counts as the first of
-        ``max_attempts`` attempts. A ``BaseException`` that is not an
-        ``Exception`` (cancellation) is re-raised untouched.
+        acknowledged dead-letter write. ``error`` counts as the first attempt. A
+        ``BaseException`` that is not an ``Exception`` is re-raised untouched.
+        Raises :class:`DeadLetterAbortedError` when stopped before a final state.
         """
         if not isinstance(error, Exception):
             raise error
-        topic = raw_message.topic
-        attempts = 0
 
-        async def attempt() -> None:
-            nonlocal attempts
-            attempts += 1
-            if attempts == 1:
-                raise error
-            await processing_func()
+        async def attempt(batch: Batch) -> None:
+            message = batch[0]
+            message.attempts += 1
+            try:
+                await processing_func()
+            except Exception as exc:
+                message.outcome, message.error = Outcome.FAILED, exc
+            else:
+                message.outcome = Outcome.HANDLED
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            self._count_retry(topic, exc)
-            logger.warning(
-                "handler failed on %s (attempt %d of %d, %s: %s); retrying",
-                raw_message.location(),
-                state.attempt_number,
-                self.max_attempts,
-                type(exc).__name__,
-                exc,
-            )
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._retry_wait,
-            retry=retry_if_exception(self._is_retryable),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            await retrying(attempt)
-        except Exception as exc:
-            last_error: Exception = exc
-        else:
-            await commit_func()
-            return ProcessingOutcome.HANDLED
-
-        if not self.dead_letter_enabled:
-            await self._retry_until_handled(raw_message, last_error, processing_func, attempts)
-            await commit_func()
-            return ProcessingOutcome.HANDLED
-
-        logger.error(
-            "dead-lettering %s after %d attempt(s): %s (%s): %s",
-            raw_message.location(),
-            attempts,
-            type(last_error).__name__,
-            self.classifier(last_error).value,
-            last_error,
-        )
-        await self.dead_letter(raw_message, last_error, attempts)
+        raw_message.attempts = max(raw_message.attempts, 1)
+        raw_message.outcome, raw_message.error = Outcome.FAILED, error
+        await self.settle(raw_message, attempt)
+        if raw_message.outcome is None:
+            raise DeadLetterAbortedError(
+                f"{raw_message.location()} still failing; retries stopped, not committed"
+            ) from error
         await commit_func()
-        return ProcessingOutcome.DEAD_LETTERED
-
-    async def _wait_or_stop(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds; True when woken by :meth:`stop_dead_letter_retries`."""
-        if self._stop_retries.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._stop_retries.wait(), timeout=delay)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _retry_until_handled(
-        self,
-        raw_message: ConsumedMessage,
-        error: Exception,
-        processing_func: Callable[[], Awaitable[None]],
-        attempts: int,
-    ) -> None:
-        """With no dead-letter topic: retry with capped backoff until success or stop."""
-        delay = max(self.backoff_initial_s, self.dlq_retry_backoff_initial_s)
-        self._blocked += 1
-        try:
-            while True:
-                logger.error(
-                    "%s failed %d time(s) and dead letters are disabled; it is not "
-                    "committed and is retried in %.2f s (%s: %s)",
-                    raw_message.location(),
-                    attempts,
-                    delay,
-                    type(error).__name__,
-                    error,
-                )
-                if await self._wait_or_stop(delay):
-                    raise DeadLetterAbortedError(
-                        f"{raw_message.location()} still failing after {attempts} attempt(s); "
-                        "retries stopped, not committed"
-                    ) from error
-                delay = min(delay * 2, self.dlq_retry_backoff_max_s)
-                self._count_retry(raw_message.topic, error)
-                attempts += 1
-                try:
-                    await processing_func()
-                except Exception as exc:
-                    error = exc
-                else:
-                    return
-        finally:
-            self._blocked -= 1
-
-    # ------------------------------------------------------------------ dead letters
-
-    async def _block_without_dead_letters(
-        self, raw_message: ConsumedMessage, error: BaseException
-    ) -> NoReturn:
-        """With dead letters disabled, hold the message uncommitted until retries stop."""
-        self._blocked += 1
-        try:
-            logger.error(
-                "%s must be dead-lettered (%s: %s) but dead letters are disabled; "
-                "it is not committed and the flow waits until it is stopped",
-                raw_message.location(),
-                type(error).__name__,
-                error,
-            )
-            await self._stop_retries.wait()
-        finally:
-            self._blocked -= 1
-        raise DeadLetterAbortedError(
-            f"{raw_message.location()} cannot be dead-lettered (disabled); not committed"
-        ) from error
+        return raw_message.outcome
 
     async def dead_letter(
         self, raw_message: ConsumedMessage, error: BaseException, attempts: int
     ) -> None:
-        """Write the message's original bytes and error headers to its dead-letter topic.
+        """Write the message to its dead-letter topic; return once acknowledged.
 
-        Returns once the broker acknowledged the write. A failing write is retried
-        (see the class docstring); :class:`DeadLetterAbortedError` when retries are
-        stopped first. With dead letters disabled nothing can finish the message:
-        the call waits, uncommitted, until :meth:`stop_dead_letter_retries`, then
-        raises :class:`DeadLetterAbortedError`.
+        With dead letters disabled nothing can finish the message: the call waits,
+        uncommitted, until :meth:`stop_dead_letter_retries`, then raises
+        :class:`DeadLetterAbortedError`.
         """
-        if not self.dead_letter_enabled or self.producer is None:
-            await self._block_without_dead_letters(raw_message, error)
-        headers = dead_letter_headers(
-            raw_message,
-            error,
-            attempts,
-            service_name=self.service_name,
-            consumer_group=self.consumer_group,
-        )
-        compact = False
-        delay = self.dlq_retry_backoff_initial_s
-        failures = 0
-        try:
-            while True:
-                topic = self.dead_letter_topic_for(raw_message.topic)
-                failure: Exception
-                try:
-                    await self.producer.send_raw(
-                        topic, raw_message.key, raw_message.raw_value, headers
-                    )
-                except MessageTooLargeError as exc:
-                    if not compact:
-                        logger.warning(
-                            "dead letter of %s is too large with its traceback; "
-                            "sending it with compact error headers (%s)",
-                            raw_message.location(),
-                            exc,
-                        )
-                        compact = True
-                        headers = dead_letter_headers(
-                            raw_message,
-                            error,
-                            attempts,
-                            service_name=self.service_name,
-                            consumer_group=self.consumer_group,
-                            compact=True,
-                        )
-                        continue
-                    failure = exc
-                except Exception as exc:
-                    failure = exc
-                else:
-                    break
-                failures += 1
-                if failures == 1:
-                    self._blocked += 1
-                delay = await self._after_failed_write(raw_message, topic, failure, failures, delay)
-        finally:
-            if failures:
+        if not self.dead_letter_enabled or self.writer is None:
+            self._blocked += 1
+            try:
+                logger.error(
+                    "%s must be dead-lettered (%s: %s) but dead letters are disabled; "
+                    "it is not committed and the flow waits until it is stopped",
+                    raw_message.location(),
+                    type(error).__name__,
+                    error,
+                )
+                await self._stop.wait()
+            finally:
                 self._blocked -= 1
-        if failures:
-            logger.warning(
-                "dead-letter write of %s to %r succeeded after %d failure(s)",
-                raw_message.location(),
-                topic,
-                failures,
-            )
-        self.dead_lettered += 1
-        if self.metrics is not None:
-            self.metrics.record_dead_letter(
-                raw_message.topic, type(error).__name__, consumer_group=self.consumer_group
-            )
-
-    async def _after_failed_write(
-        self,
-        raw_message: ConsumedMessage,
-        topic: str,
-        exc: Exception,
-        failures: int,
-        delay: float,
-    ) -> float:
-        """Log a failed dead-letter write, wait ``delay``, and return the next delay.
-
-        Raises :class:`DeadLetterAbortedError` when retries are stopped.
-        """
-        self.dead_letter_write_failures += 1
-        logger.error(
-            "dead-letter write of %s to %r failed (%s: %s); nothing is committed "
-            "and the flow waits; retry %d in %.2f s",
-            raw_message.location(),
-            topic,
-            type(exc).__name__,
-            exc,
-            failures,
-            delay,
-        )
-        if await self._wait_or_stop(delay):
             raise DeadLetterAbortedError(
-                f"dead-letter write of {raw_message.location()} to {topic!r} "
-                "failed and retries were stopped; not committed"
-            ) from exc
-        return min(delay * 2, self.dlq_retry_backoff_max_s)
+                f"{raw_message.location()} cannot be dead-lettered (disabled); not committed"
+            ) from error
+        logger.error(
+            "dead-lettering %s after %d attempt(s): %s (%s): %s",
+            raw_message.location(),
+            attempts,
+            type(error).__name__,
+            self.classifier(error).value,
+            str(error)[:500],
+        )
+        await self.writer.write(
+            lambda: self.dead_letter_topic_for(raw_message.topic), raw_message, error, attempts
+        )
+        self.dead_lettered += 1
+        self.sensor.on_dead_letter(raw_message, error)

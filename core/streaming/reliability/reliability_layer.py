@@ -1,66 +1,60 @@
-"""Wraps a business handler with the reliability path of one consumer flow.
+"""The reliability path of one consumer flow: its step chain around the handler.
 
-For each message: correlation context -> dedup claim -> handler -> mark done ->
-offset finished -> metrics; on failure the :class:`ErrorHandler` retries or
-dead-letters. A message is reported finished to the consumer (and so may be
-committed) only in a final state: handled and marked done, skipped as a
-duplicate, or dead-lettered with the broker's acknowledgement.
+The chain is composed once, from the features that are on:
 
-Dedup round trips are per batch: the dispatcher claims a fetched batch with one
-call (:meth:`claim_batch`) and done marks are written in pipelined batches
-(:meth:`flush_done`); only the rare cases (in-progress elsewhere, a release after
-a dead letter) cost a round trip of their own.
+    correlation -> metrics -> [dedup] -> retry/dead letter -> [user steps]
+        -> handler (with [tracing] spans and the [handler timeout])
+
+A lane runs a run of messages through it with one call (:meth:`process_batch`);
+each message ends with an :class:`Outcome`, and final ones are handed to the
+flow's checkpoint, which alone commits. :meth:`process_message` is the plan's
+one-message entry point.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterable
-from enum import StrEnum
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from core.streaming.correlation import CorrelationContext, CorrelationLogger
-from core.streaming.infrastructure.consumed_message import ConsumedMessage
+from core.streaming.correlation import CorrelationStep
+from core.streaming.errors import OutputFailedError
+from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
 from core.streaming.infrastructure.message_consumer import MessageConsumer
-from core.streaming.infrastructure.message_producer import HEADER_TRACEPARENT, MessageProducer
-from core.streaming.reliability.deduplication_manager import (
-    ClaimResult,
-    DeduplicationManager,
-    DedupUnavailableError,
-)
-from core.streaming.reliability.error_handler import (
-    DecodeError,
-    ErrorHandler,
-    ProcessingOutcome,
-)
+from core.streaming.infrastructure.message_producer import MessageProducer
+from core.streaming.reliability.dedup_step import DedupKey, DedupStep
+from core.streaming.reliability.deduplication_manager import DeduplicationManager
+from core.streaming.reliability.error_handler import ErrorHandler
 from core.streaming.reliability.metrics_collector import MetricsCollector
-from core.streaming.tracing import handling_span, tracing_active
+from core.streaming.reliability.sensors import CountingSensor, Sensor, SensorDelegate
+from core.streaming.reliability.steps import (
+    Batch,
+    BatchHandler,
+    BatchHandlerInvoker,
+    Handler,
+    HandlerInvoker,
+    Next,
+    Step,
+    compose,
+)
+from core.streaming.tracing import TracingStep, tracing_active
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], Awaitable[None]]
-FinishCallback = Callable[[ConsumedMessage], None]
-
-T = TypeVar("T")
-
-_CLAIM_RETRY_INITIAL_S = 0.05
-_CLAIM_RETRY_MAX_S = 1.0  # waiting for another worker's claim
-_UNAVAILABLE_RETRY_MAX_S = 5.0  # waiting for the dedup store to come back
+#: The plan's name for the outcome of one message.
+MessageOutcome = Outcome
 
 
-class MessageOutcome(StrEnum):
-    """Final state a message reached."""
+class MetricsStep:
+    """Reports each finished run to the flow's sensors."""
 
-    HANDLED = "handled"
-    DUPLICATE = "duplicate"
-    DEAD_LETTERED = "dead_lettered"
+    def __init__(self, sensor: Sensor) -> None:
+        self.sensor = sensor
 
-
-def dedup_id(message: ConsumedMessage) -> str:
-    """Identity used for deduplication: the envelope id, else the record's position."""
-    return message.event_id or f"{message.topic}:{message.partition}:{message.offset}"
+    async def __call__(self, batch: Batch, call_next: Next) -> None:
+        await call_next(batch)
+        self.sensor.on_run_done(batch)
 
 
 class ReliabilityLayer:
@@ -75,281 +69,143 @@ class ReliabilityLayer:
         error_handler: ErrorHandler | None = None,
         metrics_collector: MetricsCollector | None = None,
         *,
-        done_flush_size: int = 200,
+        steps: Sequence[Step] = (),
+        dedup_key: DedupKey | None = None,
+        handler_timeout_s: float | None = None,
+        batch_handler: BatchHandler | None = None,
+        sensors: Sequence[Sensor] = (),
     ) -> None:
         self.service_name = service_name
         self.handler_func = handler_func
         self.consumer = consumer
         self.deduplicator = deduplicator
         self.metrics_collector = metrics_collector
+        self.counters = CountingSensor()
+        self.sensor = SensorDelegate([self.counters, *sensors])
+        if metrics_collector is not None:
+            self.sensor.add(metrics_collector.for_flow(consumer.group_id))
         self._owned_producer: MessageProducer | None = None
         if error_handler is None:
             self._owned_producer = MessageProducer(consumer.config, service_name)
             error_handler = ErrorHandler(
-                self._owned_producer,
-                service_name,
-                consumer_group=consumer.group_id,
-                metrics=metrics_collector,
+                self._owned_producer, service_name, consumer_group=consumer.group_id
             )
+        error_handler.sensor = self.sensor
         self.error_handler = error_handler
-        self.correlation_logger = CorrelationLogger(service_name)
-        self._group = consumer.group_id
-        self._tracing = tracing_active()
-        self._handled_recorders: dict[str, Callable[[float], None]] = {}
-        self._operation = f"process_{'+'.join(consumer.topics)}"
-        self._finish_callbacks: list[FinishCallback] = []
-        self._pending_done: list[tuple[ConsumedMessage, str]] = []
-        self._done_flush_size = done_flush_size
-        self._flush_lock = asyncio.Lock()
-        self.outcomes: dict[MessageOutcome, int] = dict.fromkeys(MessageOutcome, 0)
+        self.dedup_step: DedupStep | None = None
+        if deduplicator is not None:
+            deduplicator.sensor = self.sensor
+            self.dedup_step = DedupStep(
+                deduplicator,
+                sensor=self.sensor,
+                dedup_key=dedup_key,
+                generation_of=consumer.group_generation_of,
+            )
+        self.stopping = False
+        operation = f"process_{'+'.join(consumer.topics)}"
+        tracing = TracingStep(service_name) if tracing_active() else None
+        scopes = [tracing.message_scope] if tracing else []
+        scopes += [s.message_scope for s in steps if hasattr(s, "message_scope")]  # type: ignore[attr-defined]
+        invoker_options: dict[str, Any] = {
+            "handler_timeout_s": handler_timeout_s,
+            "scopes": scopes,
+            "should_stop": self._should_stop,
+        }
+        self.invoker: HandlerInvoker = (
+            BatchHandlerInvoker(batch_handler, **invoker_options)
+            if batch_handler is not None
+            else HandlerInvoker(handler_func, **invoker_options)
+        )
+        self.handler_timeout_s = handler_timeout_s
+        self.user_steps = list(steps)
+        self.steps: list[Step] = [
+            CorrelationStep(service_name, operation),
+            MetricsStep(self.sensor),
+            *([self.dedup_step] if self.dedup_step is not None else []),
+            error_handler,
+            *self.user_steps,
+        ]
+        self._chain = compose(self.steps, self.invoker)
+        self._retry_chain = compose(self.user_steps, self.invoker)
+        self._revoked: Callable[[ConsumedMessage], bool] = lambda message: False
+        self._recovery_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Start what this layer owns (the default dead-letter producer)."""
+        """Start what this layer owns (the default dead-letter producer, claim renewal)."""
+        self.stopping = False
         if self._owned_producer is not None:
             await self._owned_producer.start()
+        if self.dedup_step is not None:
+            self.dedup_step.start()
 
     async def stop(self) -> None:
-        """Write pending done marks, then stop what this layer owns."""
-        await self.flush_done()
+        """Stop what this layer owns."""
+        if self.dedup_step is not None:
+            await self.dedup_step.stop()
         if self._owned_producer is not None:
             await self._owned_producer.stop()
 
-    def add_finish_callback(self, callback: FinishCallback) -> None:
-        """Called (synchronously) whenever a message reaches a final state."""
-        self._finish_callbacks.append(callback)
+    def set_revoked(self, revoked: Callable[[ConsumedMessage], bool]) -> None:
+        """Tell the invoker which messages belong to partitions being given up."""
+        self._revoked = revoked
 
-    # ------------------------------------------------------------------ batch dedup
-
-    async def claim_batch(self, messages: Iterable[ConsumedMessage]) -> dict[str, ClaimResult]:
-        """Claim every decodable message's id with one round trip; retries on fail_closed."""
-        self._tracing = tracing_active()
-        if self.deduplicator is None:
-            return {}
-        ids = list(dict.fromkeys(dedup_id(m) for m in messages if m.is_decodable))
-        if not ids:
-            return {}
-        return await self._with_dedup_retry(lambda: self.deduplicator_or_raise.claim_many(ids))
+    def _should_stop(self, message: ConsumedMessage) -> bool:
+        return self.stopping or self._revoked(message)
 
     @property
-    def deduplicator_or_raise(self) -> DeduplicationManager:
-        """The deduplicator (only called when one is configured)."""
-        if self.deduplicator is None:
-            raise RuntimeError("no deduplicator configured")
-        return self.deduplicator
+    def outcomes(self) -> dict[Outcome, int]:
+        """Final outcomes counted so far."""
+        return self.counters.outcomes
 
-    async def _with_dedup_retry(self, call: Callable[[], Awaitable[T]]) -> T:
-        backoff = _CLAIM_RETRY_INITIAL_S
-        while True:
-            try:
-                return await call()
-            except DedupUnavailableError as exc:
-                self.correlation_logger.warning(
-                    "dedup store unavailable, flow paused until it returns",
-                    error=str(exc),
-                    retry_in_s=backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(_UNAVAILABLE_RETRY_MAX_S, backoff * 2)
+    # ------------------------------------------------------------------ processing
 
-    async def release_claims(
-        self, items: Iterable[tuple[ConsumedMessage, ClaimResult | None]]
-    ) -> None:
-        """Give back batch claims of messages that will not be processed here."""
-        if self.deduplicator is None:
-            return
-        ids = [dedup_id(m) for m, claim in items if claim is ClaimResult.CLAIMED]
-        if ids:
-            await self.deduplicator.release_many(ids)
+    async def process_batch(self, batch: Batch) -> None:
+        """Run a lane's run of messages through the chain."""
+        await self._chain(batch)
 
-    async def flush_done(self) -> None:
-        """Write buffered done marks in one pipelined call, then finish their messages."""
-        async with self._flush_lock:
-            if not self._pending_done:
-                return
-            batch, self._pending_done = self._pending_done, []
-            if self.deduplicator is not None:
-                ids = [event_id for _, event_id in batch]
-                await self._with_dedup_retry(lambda: self.deduplicator_or_raise.mark_done_many(ids))
-            for message, _ in batch:
-                self._finish(message, MessageOutcome.HANDLED)
-        if self.consumer.commit_due():
-            await self.consumer.commit_if_due()
+    async def process_message(self, raw_message: ConsumedMessage) -> Outcome | None:
+        """Take one message through the chain (the plan's entry point); its outcome.
 
-    def _finish(self, message: ConsumedMessage, outcome: MessageOutcome) -> None:
-        self.consumer.mark_finished(message)
-        self.outcomes[outcome] += 1
-        for callback in self._finish_callbacks:
-            callback(message)
-
-    # ------------------------------------------------------------------ one message
-
-    async def process_message(
-        self, raw_message: ConsumedMessage, claim: ClaimResult | None = None
-    ) -> MessageOutcome:
-        """Take one message to a final state (the plan's entry point).
-
-        ``claim`` is the result of a batch claim made by the dispatcher; without
-        it the id is claimed here with a round trip of its own. Offsets are
-        committed here when the consumer's commit policy says so (every message
-        under the per-message policy).
+        Dedup claims are made here for the message; committing is left to the caller.
         """
-        outcome = await self._process(raw_message, claim)
-        if self.consumer.commit_due():  # checked here first: no coroutine per message
-            await self.consumer.commit_if_due()
-        return outcome
+        if self.dedup_step is not None and raw_message.claim is None:
+            self.dedup_step.claim_ahead([raw_message])
+        await self._chain([raw_message])
+        return raw_message.outcome
 
-    async def _process(
-        self, raw_message: ConsumedMessage, claim: ClaimResult | None
-    ) -> MessageOutcome:
-        metrics = self.metrics_collector
-        if not raw_message.is_decodable:
-            return await self._dead_letter_undecodable(raw_message)
-        value = raw_message.value or {}
-        correlation_id = value.get("correlation_id")
-        event_id = dedup_id(raw_message)
-        header = raw_message.header(HEADER_TRACEPARENT)
-        traceparent = header.decode("ascii", "replace") if header else None
-        with CorrelationContext.scope(
-            self.service_name,
-            self._operation,
-            correlation_id=correlation_id if isinstance(correlation_id, str) else None,
-            causation_id=raw_message.event_id,
-            traceparent=traceparent,
-        ):
-            claim = await self._resolve_claim(event_id, claim, raw_message.claimed_at)
-            if claim is not ClaimResult.DUPLICATE:
-                if not self._tracing:
-                    return await self._run_handler(raw_message, value, event_id, claim)
-                with handling_span(
-                    self.service_name,
-                    raw_message.topic,
-                    raw_message.partition,
-                    raw_message.offset,
-                    traceparent,
-                ):
-                    return await self._run_handler(raw_message, value, event_id, claim)
-            self.correlation_logger.debug("skipping duplicate event", event_id=event_id)
-            if metrics is not None:
-                metrics.record_duplicate(raw_message.topic, consumer_group=self._group)
-            self._finish(raw_message, MessageOutcome.DUPLICATE)
-            return MessageOutcome.DUPLICATE
+    async def recover(self, message: ConsumedMessage, error: BaseException) -> None:
+        """Settle a handled message whose outputs failed: retry it, then dead-letter it.
 
-    async def _resolve_claim(
-        self, event_id: str, claim: ClaimResult | None, claimed_at: float = 0.0
-    ) -> ClaimResult:
-        if self.deduplicator is None:
-            return ClaimResult.BYPASSED
-        dedup = self.deduplicator
-        if (
-            claim is ClaimResult.CLAIMED
-            and time.monotonic() - claimed_at > dedup.processing_ttl_ms / 2000
-            and not await self._with_dedup_retry(lambda: dedup.refresh(event_id))
-        ):
-            # The batch claim waited in the lane long enough to expire: claim again,
-            # so a worker that took it meanwhile is not run twice.
-            claim = None
-        if claim is None:
-            claim = await self._with_dedup_retry(lambda: dedup.claim(event_id))
-        backoff = _CLAIM_RETRY_INITIAL_S
-        while claim is ClaimResult.IN_PROGRESS:
-            # Another worker (or an earlier copy still awaiting its done mark) holds it:
-            # wait until it is done, released, or its claim expires.
-            await self.flush_done()
-            await asyncio.sleep(backoff)
-            backoff = min(_CLAIM_RETRY_MAX_S, backoff * 2)
-            claim = await self._with_dedup_retry(lambda: dedup.claim(event_id))
-        return claim
-
-    async def _run_handler(
-        self,
-        message: ConsumedMessage,
-        value: dict[str, Any],
-        event_id: str,
-        claim: ClaimResult,
-    ) -> MessageOutcome:
-        metrics = self.metrics_collector
-        started = time.monotonic()
-        try:
-            await self.handler_func(value)
-        except Exception as exc:
-            if metrics is not None:
-                metrics.record_error(message.topic, type(exc).__name__, consumer_group=self._group)
-            self.correlation_logger.warning(
-                "handler failed",
-                error_type=type(exc).__name__,
-                error=str(exc)[:500],
-                location=message.location(),
-            )
-            return await self._on_failure(message, value, event_id, claim, exc, started)
-        if metrics is not None:
-            recorder = self._handled_recorders.get(message.topic)
-            if recorder is None:
-                recorder = metrics.handled_recorder(message.topic, self._group)
-                self._handled_recorders[message.topic] = recorder
-            recorder(time.monotonic() - started)
-        await self._handled(message, event_id, claim)
-        return MessageOutcome.HANDLED
-
-    async def _handled(self, message: ConsumedMessage, event_id: str, claim: ClaimResult) -> None:
-        if claim is ClaimResult.CLAIMED:
-            self._pending_done.append((message, event_id))
-            if (
-                len(self._pending_done) >= self._done_flush_size
-                or self.consumer.commit_policy.per_message
-            ):
-                await self.flush_done()
-        else:
-            self._finish(message, MessageOutcome.HANDLED)
-
-    async def _on_failure(
-        self,
-        message: ConsumedMessage,
-        value: dict[str, Any],
-        event_id: str,
-        claim: ClaimResult,
-        error: Exception,
-        started: float,
-    ) -> MessageOutcome:
-        finished = False
-
-        async def commit_func() -> None:
-            nonlocal finished
-            finished = True
-
-        outcome = await self.error_handler.handle_processing_error(
-            message,
-            error,
-            processing_func=lambda: self.handler_func(value),
-            commit_func=commit_func,
-        )
-        if not finished:
-            raise RuntimeError(
-                f"error handler returned {outcome} for {message.location()} without finishing it"
-            )
-        if outcome is ProcessingOutcome.HANDLED:
-            if self.metrics_collector is not None:
-                self.metrics_collector.record_handled(
-                    message.topic, time.monotonic() - started, consumer_group=self._group
+        Recoveries run one at a time and each waits for its own outputs, so a
+        record the broker refuses is retried alone and cannot drag the sends of
+        other messages into its failed batch again.
+        """
+        async with self._recovery_lock:
+            message.outcome, message.error = Outcome.FAILED, error
+            while True:
+                await self.error_handler.settle(message, self._retry_chain)
+                if message.outcome is not Outcome.HANDLED or not message.outputs:
+                    break
+                results = await asyncio.gather(
+                    *(asyncio.shield(ack) for ack in message.outputs), return_exceptions=True
                 )
-            await self._handled(message, event_id, claim)
-            return MessageOutcome.HANDLED
-        if claim is ClaimResult.CLAIMED and self.deduplicator is not None:
-            await self.deduplicator.release(event_id)
-        self._finish(message, MessageOutcome.DEAD_LETTERED)
-        return MessageOutcome.DEAD_LETTERED
+                message.outputs = None
+                failure = next((r for r in results if isinstance(r, BaseException)), None)
+                if failure is None:
+                    break
+                message.outcome, message.error = Outcome.FAILED, OutputFailedError.of(failure)
+            if message.outcome is Outcome.DEAD_LETTERED and self.dedup_step is not None:
+                await self.dedup_step.release([message])
 
-    async def _dead_letter_undecodable(self, message: ConsumedMessage) -> MessageOutcome:
-        if self.metrics_collector is not None:
-            self.metrics_collector.record_decode_failure(message.topic, consumer_group=self._group)
-        self.correlation_logger.warning(
-            "undecodable message sent to dead letters",
-            location=message.location(),
-            reason=message.decode_error,
-        )
-        await self.error_handler.dead_letter(
-            message, DecodeError(message.decode_error or "undecodable"), attempts=1
-        )
-        self._finish(message, MessageOutcome.DEAD_LETTERED)
-        return MessageOutcome.DEAD_LETTERED
+    def health(self) -> dict[str, Any]:
+        """Counters and the state of dedup and dead letters."""
+        report: dict[str, Any] = {
+            "outcomes": {k.value: v for k, v in self.counters.outcomes.items()},
+            "dead_letter_blocked": self.error_handler.dead_letter_blocked,
+        }
+        if self.dedup_step is not None:
+            report["dedup"] = self.dedup_step.health()
+        return report
+

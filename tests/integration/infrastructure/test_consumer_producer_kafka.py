@@ -81,6 +81,7 @@ async def test_redelivery_starts_at_first_unfinished(
         await consumer.commit(message)
     # offsets 0..3 finished, then 5 finished out of order: the commit stops at 4
     await consumer.commit(messages[5])
+    await consumer.commit()
     await consumer.stop()
 
     again = MessageConsumer(_config(kafka_bootstrap), [topic], group)
@@ -159,6 +160,7 @@ async def test_two_members_share_and_commit_consistently(
                 seen[m.value["data"]["n"]] = name
                 await member.commit(m)
     assert set(seen) == set(range(200))
+    await b.commit()
     await b.stop()
     await a.flush()
     committed = {}
@@ -190,7 +192,9 @@ async def test_undecodable_and_non_object_values_are_marked_not_raised(
     try:
         await raw.send_and_wait(topic, b"\xff\xfe not json")
         await raw.send_and_wait(topic, orjson.dumps([1, 2, 3]))
-        await raw.send_and_wait(topic, orjson.dumps({"id": "e1", "type": "t", "data": {}}))
+        await raw.send_and_wait(
+            topic, orjson.dumps({"id": "e1", "type": "t", "source": "s", "data": {}})
+        )
     finally:
         await raw.stop()
     consumer = MessageConsumer(_config(kafka_bootstrap), [topic], f"{unique_name}-g")

@@ -139,7 +139,7 @@ async def test_redis_stopped_mid_run_fail_open(
             "d2": ClaimResult.BYPASSED,
         }
         await dedup.mark_done("during")  # no-op on Redis, remembered locally
-        await dedup.release("d1")
+        await dedup.release_claims([("d1", "p|x|t:0|1|0")])
         assert await dedup.claim("before") is ClaimResult.DUPLICATE  # local cache
         assert metrics.snapshot()["dedup_unavailable"] >= 5
 
@@ -147,7 +147,7 @@ async def test_redis_stopped_mid_run_fail_open(
         # The server restarted empty (and without our scripts): claims work again.
         result = await _claim_until_claimed(lambda: dedup.claim("after"))
         assert result is ClaimResult.CLAIMED
-        assert await dedup.claim("after") is ClaimResult.IN_PROGRESS
+        assert await dedup.claim("after") is ClaimResult.HELD_HERE
     finally:
         await client.aclose()
 

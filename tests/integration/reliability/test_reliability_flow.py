@@ -8,11 +8,14 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import SecretStr
 
 from core.config.settings import RedisSettings
+from core.streaming.clients import create_redis
 from core.streaming.errors import PermanentError, RetryableError
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
+from core.streaming.reliability.deduplication_manager import KEY_PREFIX
 from tests.conftest import KafkaAdmin, PrivateRedis
 from tests.integration.orchestration.helpers import (
     committed_offsets,
@@ -63,6 +66,15 @@ async def _read_all(bootstrap: str, topic: str, n: int, timeout_s: float = 20) -
     return out
 
 
+async def _done_in_redis(redis_url: str, service: str, group: str, event_id: str) -> bool:
+    """True when the real Redis holds the done mark of ``event_id`` for ``group``."""
+    redis = create_redis(RedisSettings(url=SecretStr(redis_url)))
+    try:
+        return bool(await redis.exists(f"{KEY_PREFIX}:{service}:{group}:{event_id}"))
+    finally:
+        await redis.aclose()
+
+
 async def test_same_event_three_times_runs_once_and_groups_are_independent(
     kafka_bootstrap: str, redis_url: str, kafka_admin: KafkaAdmin, unique_name: str
 ) -> None:
@@ -98,6 +110,9 @@ async def test_same_event_three_times_runs_once_and_groups_are_independent(
         await service.stop()
     assert sorted(calls["a"]) == list(range(20))
     assert sorted(calls["b"]) == list(range(20))
+    for name in "ab":
+        event = f"{unique_name}-e0"
+        assert await _done_in_redis(redis_url, unique_name, f"{unique_name}-{name}", event)
     assert service.metrics is not None and service.metrics.snapshot()["duplicates"] == 80
 
 
@@ -189,8 +204,10 @@ async def test_unwritable_dead_letter_topic_stops_the_flow_then_resumes(
         handled.append(event["data"]["n"])
 
     group = f"{unique_name}-g"
+    settings = kafka_settings(kafka_bootstrap, redis_url, commit_interval_ms=100)
     service = (
-        StreamServiceBuilder(unique_name, settings=kafka_settings(kafka_bootstrap, redis_url))
+        StreamServiceBuilder(unique_name, settings=settings)
+        .with_redis()
         .add_consumer_handler([topic], group, handle, dead_letter_topic="bad topic name!")
         .ensure_topics(False)
         .build()
@@ -199,7 +216,10 @@ async def test_unwritable_dead_letter_topic_stops_the_flow_then_resumes(
     try:
         error_handler = service.flows[0].layer.error_handler
         await wait_until(lambda: error_handler.dead_letter_blocked, 30, "the blocked dead letter")
-        await asyncio.sleep(1.5)  # longer than the commit interval
+        # Three failed writes take several commit intervals (100 ms) of retry backoff.
+        await wait_until(
+            lambda: error_handler.dead_letter_write_failures >= 3, 30, "retried dead letters"
+        )
         assert handled == []  # partition order: nothing behind the poison message ran
         assert await committed_offsets(kafka_bootstrap, group, topic, 1) == {0: 0}
         health = await service.health()
@@ -211,6 +231,7 @@ async def test_unwritable_dead_letter_topic_stops_the_flow_then_resumes(
     finally:
         await service.stop()
     assert await committed_offsets(kafka_bootstrap, group, topic, 1) == {0: 2}
+    assert await _done_in_redis(redis_url, unique_name, group, f"{unique_name}-ok")
     assert [r.value for r in await _read_all(kafka_bootstrap, f"{topic}.dlq", 1)] == [b"garbage"]
 
 
@@ -222,8 +243,6 @@ async def test_redis_stopped_mid_run_loses_nothing(
     private_redis: PrivateRedis,
     unique_name: str,
 ) -> None:
-    from pydantic import SecretStr
-
     topic = await kafka_admin.create_topic(unique_name, partitions=2)
     settings = kafka_settings(kafka_bootstrap, dedup_failure_policy=policy).model_copy(
         update={"redis": RedisSettings(url=SecretStr(private_redis.url), socket_timeout_s=0.5)}
@@ -251,7 +270,12 @@ async def test_redis_stopped_mid_run_loses_nothing(
             assert service.metrics is not None
             assert service.metrics.snapshot()["dedup_unavailable"] > 0
         else:
-            await asyncio.sleep(1.0)
+            dedup = service.flows[0].layer.deduplicator
+            assert dedup is not None
+            failed_before = dedup.unavailable_count
+            await wait_until(
+                lambda: dedup.unavailable_count >= failed_before + 3, 30, "retries of Redis"
+            )
             assert len(handled) == 100, "fail_closed must pause while Redis is down"
         await private_redis.run("start")
         await wait_until(lambda: len(handled) == 200, 60, "every message after Redis returned")

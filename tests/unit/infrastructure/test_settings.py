@@ -110,3 +110,18 @@ def test_service_names_match_case_insensitively(monkeypatch: pytest.MonkeyPatch)
     settings = load_settings()
     assert settings.reliability_for("OrderPricer").default_concurrency == 4
     assert settings.reliability_for("order-pricer").default_concurrency == 1
+
+
+def test_revocation_wait_must_end_well_before_the_rebalance_timeout() -> None:
+    from core.config.settings import SettingsError, load_settings
+
+    assert load_settings().reliability.revocation_timeout_s * 2000 <= 30_000
+    with pytest.raises(SettingsError) as info:
+        load_settings(
+            redpanda={"rebalance_timeout_ms": 20_000}, reliability={"revocation_timeout_s": 15}
+        )
+    assert "REVOCATION_TIMEOUT_S" in str(info.value)
+    assert "REBALANCE_TIMEOUT_MS" in str(info.value)
+    with pytest.raises(SettingsError) as info:
+        load_settings(services={"engine": {"revocation_timeout_s": 16}})
+    assert "SERVICES__engine__REVOCATION_TIMEOUT_S" in str(info.value)

@@ -46,7 +46,7 @@ async def test_failed_commit_is_retried_and_the_loop_keeps_running() -> None:
             for n in range(4):
                 await harness.publish("in", {"n": n}, key="k")
             await harness.wait_idle()
-            assert service.consumers[0].commit_failures == 2
+            assert service.flows[0].layer.counters.commit_failures == 2
             health = await service.health()
         assert handled == [0, 1, 2, 3]
         assert health["live"]

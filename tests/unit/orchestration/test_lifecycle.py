@@ -83,13 +83,26 @@ async def test_start_timeout_is_per_component() -> None:
     assert log == ["start conn", "stop conn"]
 
 
+async def _sigterm_once_handled(before: object) -> None:
+    """Send SIGTERM to this process only once ``serve()`` has replaced ``before``.
+
+    A SIGTERM that arrived earlier would meet the default action and end pytest.
+    """
+    deadline = asyncio.get_running_loop().time() + 5
+    while signal.getsignal(signal.SIGTERM) is before:
+        assert asyncio.get_running_loop().time() < deadline, "serve() installed no handler"
+        await asyncio.sleep(0.005)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 async def test_serve_stops_on_sigterm_and_returns_zero() -> None:
     log: list[str] = []
     coordinator = LifecycleCoordinator("svc")
     coordinator.register("conn", Recorder("conn", log), Stage.CONNECTIONS)
-    loop = asyncio.get_running_loop()
-    loop.call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM)
+    sender = asyncio.create_task(_sigterm_once_handled(before))
     code = await asyncio.wait_for(coordinator.serve(), 5)
+    await sender
     assert code == 0 and log == ["start conn", "stop conn"]
 
 

@@ -1,74 +1,90 @@
-"""A batch claim that waited too long in a lane is renewed, or claimed again if it was lost."""
+"""Claims held by a flow are renewed while their messages wait, run or retry.
+
+A claim found lost before its handler ran is claimed again first, so a worker
+that took it meanwhile is never run twice (delivery contract 5, 6).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import fakeredis
 import orjson
 
-from core.config.settings import RedpandaSettings
-from core.streaming.infrastructure.consumed_message import ConsumedMessage
-from core.streaming.infrastructure.message_consumer import MessageConsumer
+from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
+from core.streaming.reliability.dedup_step import DedupStep
 from core.streaming.reliability.deduplication_manager import ClaimResult, DeduplicationManager
-from core.streaming.reliability.error_handler import ErrorHandler
-from core.streaming.reliability.reliability_layer import MessageOutcome, ReliabilityLayer
+from core.streaming.reliability.steps import Batch
 
 
-def _message(event_id: str, claimed_at: float) -> ConsumedMessage:
-    value = {"id": event_id, "type": "t", "data": {}}
-    message = ConsumedMessage.of(
-        topic="in", partition=0, offset=0, key=None, value=value, raw_value=orjson.dumps(value)
-    )
-    message.claimed_at = claimed_at
-    return message
-
-
-def _layer(dedup: DeduplicationManager, calls: list[str]) -> ReliabilityLayer:
-    async def handle(event: dict[str, Any]) -> None:
-        calls.append(event["id"])
-
-    consumer = MessageConsumer(RedpandaSettings(bootstrap_servers="memory://refresh"), ["in"], "g")
-    return ReliabilityLayer(
-        "svc",
-        handle,
-        consumer,
-        deduplicator=dedup,
-        error_handler=ErrorHandler(None, "svc", dead_letter_enabled=False),
+def _message(event_id: str, offset: int = 0) -> ConsumedMessage:
+    value = {"id": event_id, "type": "t", "source": "s", "data": {}}
+    return ConsumedMessage.of(
+        topic="in", partition=0, offset=offset, key=None, value=value, raw_value=orjson.dumps(value)
     )
 
 
-async def test_an_old_claim_still_ours_is_renewed_and_the_handler_runs() -> None:
+async def _claimed(step: DedupStep, *messages: ConsumedMessage) -> None:
+    step.claim_ahead(list(messages))
+    await asyncio.gather(*step._claim_tasks)
+
+
+async def test_held_claims_are_renewed_for_a_full_lifetime() -> None:
     redis = fakeredis.FakeAsyncRedis()
     dedup = DeduplicationManager(redis, "svc", consumer_group="g", processing_ttl_ms=1_000)
-    assert await dedup.claim("e1") is ClaimResult.CLAIMED
-    await redis.pexpire(dedup.key_for("e1"), 200)  # almost expired
-    calls: list[str] = []
-    outcome = await _layer(dedup, calls).process_message(_message("e1", 0.0), ClaimResult.CLAIMED)
-    assert outcome is MessageOutcome.HANDLED and calls == ["e1"]
-    # Renewed for a full processing_ttl_ms; the done mark is still buffered.
-    assert await redis.get(dedup.key_for("e1")) == dedup.owner_value.encode()
-    assert await redis.pttl(dedup.key_for("e1")) > 500
+    step = DedupStep(dedup)
+    message = _message("e1")
+    await _claimed(step, message)
+    key = step.dedup.key_for("e1")
+    await redis.pexpire(key, 200)  # almost expired
+    await step.renew_now()
+    assert 500 < await redis.pttl(key) <= 1_000
+    assert message in step.held
 
 
-async def test_a_lost_claim_is_claimed_again_and_another_workers_run_is_respected() -> None:
+async def test_a_claim_lost_before_it_ran_is_claimed_again_and_the_other_run_is_respected() -> None:
     server = fakeredis.FakeServer()
-    ours = DeduplicationManager(
-        fakeredis.FakeAsyncRedis(server=server), "svc", consumer_group="g", local_cache_size=0
+    ours = DedupStep(
+        DeduplicationManager(fakeredis.FakeAsyncRedis(server=server), "svc", consumer_group="g")
     )
     theirs = DeduplicationManager(
         fakeredis.FakeAsyncRedis(server=server), "svc", consumer_group="g"
     )
-    assert await ours.claim("e2") is ClaimResult.CLAIMED
-    await ours.redis_client.delete(ours.key_for("e2"))  # our claim expired while queued
-    assert await theirs.claim("e2") is ClaimResult.CLAIMED  # another worker took it
-    calls: list[str] = []
-    task = asyncio.create_task(
-        _layer(ours, calls).process_message(_message("e2", 0.0), ClaimResult.CLAIMED)
-    )
-    await asyncio.sleep(0.2)
-    assert calls == [] and not task.done()  # waits for the other worker
-    await theirs.mark_done("e2")
-    assert await asyncio.wait_for(task, 10) is MessageOutcome.DUPLICATE
-    assert calls == []
+    message = _message("e2")
+    await _claimed(ours, message)
+    # Our claim lapses; another member claims the id and handles it.
+    await theirs.redis_client.delete(ours.dedup.key_for("e2"))
+    assert await theirs.claim("e2") is ClaimResult.CLAIMED
+    await ours.renew_now()
+    assert message not in ours.held and message.claim is None
+    runs: list[str] = []
+
+    async def run(batch: Batch) -> None:
+        for m in batch:
+            if m.outcome is None:
+                runs.append(m.value["id"])  # type: ignore[index]
+                m.outcome = Outcome.HANDLED
+
+    async def finish_theirs() -> None:
+        await asyncio.sleep(0.1)
+        await theirs.mark_done("e2")
+
+    helper = asyncio.create_task(finish_theirs())
+    await asyncio.wait_for(ours([message], run), 5)
+    await helper
+    assert runs == [] and message.outcome is Outcome.DUPLICATE
+
+
+async def test_release_gives_back_only_our_own_token() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    step = DedupStep(DeduplicationManager(redis, "svc", consumer_group="g"))
+    first, second = _message("e3", 0), _message("e3", 1)
+    await _claimed(step, first)
+    await _claimed(step, second)  # HELD_HERE: no token of its own
+    assert second.claim is ClaimResult.HELD_HERE and second not in step.held
+    await step.release([second])
+    assert await redis.exists(step.dedup.key_for("e3"))
+    await step.release([first])
+    assert not await redis.exists(step.dedup.key_for("e3"))
+
+

@@ -88,7 +88,7 @@ class CountingRedis:
 async def test_claim_then_done_then_duplicate(client: Redis) -> None:
     dedup = manager(client)
     assert await dedup.claim("e1") is ClaimResult.CLAIMED
-    assert await dedup.claim("e1") is ClaimResult.IN_PROGRESS
+    assert await dedup.claim("e1") is ClaimResult.HELD_HERE  # our own claim, another copy
     await dedup.mark_done("e1")
     assert await dedup.claim("e1") is ClaimResult.DUPLICATE
     # A second manager (another worker) has no local cache: Redis answers.
@@ -115,7 +115,8 @@ async def test_claim_sets_processing_ttl_and_done_sets_full_ttl(client: Redis) -
     dedup = manager(client, ttl_seconds=120, processing_ttl_ms=5_000)
     await dedup.claim("e1")
     key = dedup.key_for("e1")
-    assert (await client.get(key)) == dedup.owner_value.encode()
+    value = (await client.get(key)).decode()
+    assert value.startswith(f"p|{dedup.member}|")  # owner token: member, partition, generation, n
     assert 0 < await client.pttl(key) <= 5_000
     await dedup.mark_done("e1")
     assert await client.get(key) == b"done"
@@ -265,7 +266,7 @@ async def test_fail_open_bypasses_and_counts(
         }
         assert await dedup.is_duplicate("e4") is False
         await dedup.mark_done("e1")
-        await dedup.release("e2")
+        await dedup.release_claims([("e2", "p|x|t:0|1|0")])
     assert metrics.snapshot()["dedup_unavailable"] == 6
     warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(warnings) == 1, "warnings are rate limited"
@@ -285,7 +286,7 @@ async def test_fail_closed_raises_retryable(dead_redis: Redis) -> None:
         await dedup.mark_done_many(["e1"])
     with pytest.raises(DedupUnavailableError):
         await dedup.is_duplicate("e9")
-    await dedup.release("e1")  # the claim expires by itself: release never raises
+    await dedup.release_claims([("e1", "p|x|t:0|1|0")])  # expires by itself: never raises
     assert metrics.snapshot()["dedup_unavailable"] == 6
 
 
@@ -302,7 +303,7 @@ def test_rejects_bad_configuration(client: Redis) -> None:
 
 @pytest.mark.parametrize("odd", ["with\nnewline", "plain"])
 async def test_batch_paths_agree_whatever_the_ids(client: Redis, odd: str) -> None:
-    """Ids that cannot travel packed (a newline) take the per-key path with the same results."""
+    """Odd ids (a newline) are hashed into their keys and behave like any other."""
     dedup = DeduplicationManager(client, "svc", consumer_group="g", local_cache_size=0)
     ids = ["a", odd, "b"]
     assert set((await dedup.claim_many(ids)).values()) == {ClaimResult.CLAIMED}
@@ -311,7 +312,7 @@ async def test_batch_paths_agree_whatever_the_ids(client: Redis, odd: str) -> No
     assert again == {
         "a": ClaimResult.DUPLICATE,
         odd: ClaimResult.DUPLICATE,
-        "b": ClaimResult.IN_PROGRESS,
+        "b": ClaimResult.HELD_HERE,
         "c": ClaimResult.CLAIMED,
     }
     assert await client.get(dedup.key_for(odd)) == b"done"

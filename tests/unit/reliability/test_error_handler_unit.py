@@ -353,7 +353,7 @@ async def test_exception_type_of_framework_errors_is_qualified(bus: Bus) -> None
     await handler.dead_letter(message(), DecodeError("bad"), attempts=1)
     assert (
         header_map(bus.records()[0])[HEADER_EXCEPTION_TYPE]
-        == b"core.streaming.reliability.error_handler.DecodeError"
+        == b"core.streaming.errors.DecodeError"
     )
 
 

@@ -1,0 +1,339 @@
+"""The dedup step: claim before the handler, skip duplicates, keep claims alive.
+
+Claims are made per fetched batch, as soon as it is fetched and while earlier
+messages are still being handled (:meth:`DedupStep.claim_ahead`), one script
+call per partition. In the chain, the step waits for its run's claims, marks
+duplicates final, runs the rest, and waits (in order) for a message whose id
+another worker holds. Every claim this flow holds is renewed in the background
+while its message waits in a lane, runs, retries or waits for its done mark, so
+it never lapses under a live handler; one renewal call covers them all. Done
+marks are written by the checkpoint (:meth:`mark_done`), claims of messages
+that end without being handled are given back (:meth:`release`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    wait_exponential,
+)
+
+from core.streaming.infrastructure.closing import raise_if_cancelled
+from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
+from core.streaming.reliability.deduplication_manager import (
+    ClaimResult,
+    DeduplicationManager,
+    DedupUnavailableError,
+)
+from core.streaming.reliability.sensors import Sensor
+from core.streaming.reliability.steps import Batch, Next
+from core.streaming.types import TopicPartition
+
+logger = logging.getLogger(__name__)
+
+DedupKey = Callable[[dict[str, Any]], str | None]
+Generation = Callable[[TopicPartition], int]
+
+#: Claims that are still being made: the message waits for this task.
+_WAIT_FOR_CLAIMS = "pending"
+#: Seconds between two "waiting on another member's claims" log lines.
+_WAIT_LOG_INTERVAL_S = 10.0
+
+
+_DONE_HERE = frozenset({Outcome.HANDLED, Outcome.DUPLICATE})
+
+
+class _StillHeld(Exception):
+    """The claim is held by someone else: wait and ask again."""
+
+
+class DedupStep:
+    """Effectively-once handling of one flow, on a :class:`DeduplicationManager`."""
+
+    def __init__(
+        self,
+        dedup: DeduplicationManager,
+        *,
+        sensor: Sensor | None = None,
+        dedup_key: DedupKey | None = None,
+        generation_of: Generation | None = None,
+    ) -> None:
+        self.dedup = dedup
+        self.sensor = sensor or dedup.sensor
+        self.dedup_key = dedup_key
+        self.generation_of = generation_of or (lambda tp: -1)
+        #: Claims this flow holds: message -> (event id, token).
+        self.held: dict[ConsumedMessage, tuple[str, str]] = {}
+        #: The message of this flow holding each claimed id.
+        self.holders: dict[str, ConsumedMessage] = {}
+        self.waiting = 0
+        self.store_failing = False
+        self._claim_tasks: set[asyncio.Task[None]] = set()
+        # Claims still being made, and messages whose claim was lost before they ran.
+        self._pending: dict[ConsumedMessage, asyncio.Task[None]] = {}
+        self._reclaim: set[ConsumedMessage] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        self._last_wait_log = 0.0
+
+    # ------------------------------------------------------------------ identity
+
+    def identity(self, message: ConsumedMessage) -> str | None:
+        """The id this message is deduplicated on, or ``None`` (not deduplicated).
+
+        Only a valid envelope's id, or the flow's ``dedup_key`` of the value:
+        never a record position or a field of a foreign object.
+        """
+        if self.dedup_key is not None:
+            if message.value is None:
+                return None
+            key = self.dedup_key(message.value)
+            return key if isinstance(key, str) and key else None
+        return message.event_id
+
+    # ------------------------------------------------------------------ claiming ahead
+
+    def claim_ahead(self, batch: Sequence[ConsumedMessage]) -> None:
+        """Start claiming a fetched batch's ids; lanes wait for the result when they run."""
+        by_partition: dict[TopicPartition, list[tuple[ConsumedMessage, str]]] = {}
+        for message in batch:
+            if message.decode_error is not None:
+                continue
+            event_id = self.identity(message)
+            if event_id is None:
+                continue
+            message.identity = event_id
+            message.claim = _WAIT_FOR_CLAIMS
+            by_partition.setdefault(message.topic_partition, []).append((message, event_id))
+        for tp, items in by_partition.items():
+            task = asyncio.create_task(self._claim(tp, items), name=f"claim-{tp.topic}")
+            self._claim_tasks.add(task)
+            task.add_done_callback(self._claim_tasks.discard)
+            for message, _ in items:
+                self._pending[message] = task
+
+    async def _claim(
+        self, tp: TopicPartition, items: list[tuple[ConsumedMessage, str]]
+    ) -> None:
+        ids = [event_id for _, event_id in items]
+        results = await self._with_store(
+            lambda: self.dedup.claim_batch(
+                ids, partition=f"{tp.topic}:{tp.partition}", generation=self.generation_of(tp)
+            )
+        )
+        given_up: list[tuple[str, str]] = []
+        for (message, event_id), (result, token) in zip(items, results, strict=True):
+            message.claim = result
+            message.claim_token = token
+            if message not in self._pending:
+                # Released while its claim was being made: give the claim straight back.
+                if token is not None:
+                    given_up.append((event_id, token))
+                continue
+            del self._pending[message]
+            if token is not None:
+                self._hold(message, event_id, token)
+        if given_up:
+            await self.dedup.release_claims(given_up)
+
+    async def _with_store(self, call: Callable[[], Any]) -> Any:
+        """Run a store call; under ``fail_closed`` wait for the store with backoff."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(DedupUnavailableError),
+            wait=wait_exponential(multiplier=0.05, max=5.0),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    result = await call()
+                except DedupUnavailableError:
+                    self.store_failing = True
+                    raise_if_cancelled()
+                    raise
+                raise_if_cancelled()
+                self.store_failing = False
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ in the chain
+
+    async def __call__(self, batch: Batch, call_next: Next) -> None:
+        for message in batch:
+            task = self._pending.get(message)
+            if task is not None:
+                await asyncio.shield(task)
+        start = 0
+        while start < len(batch):
+            end = start
+            while end < len(batch) and not self._must_wait(batch[end]):
+                message = batch[end]
+                if message.claim is ClaimResult.DUPLICATE and message.outcome is None:
+                    message.outcome = Outcome.DUPLICATE
+                end += 1
+            if end > start:
+                await call_next(batch[start:end])
+                if any(m.outcome is None for m in batch[start:end]):
+                    break  # the run was cut short (stop, revocation): the rest waits
+            if end < len(batch):
+                await self._wait_for_claim(batch[end])
+            start = end
+        await self.release([m for m in batch if m.outcome is Outcome.DEAD_LETTERED])
+
+    def _must_wait(self, message: ConsumedMessage) -> bool:
+        claim = message.claim
+        return (
+            claim is ClaimResult.IN_PROGRESS
+            or claim is ClaimResult.HELD_HERE
+            or (message.outcome is None and message in self._reclaim)
+        )
+
+    async def _wait_for_claim(self, message: ConsumedMessage) -> None:
+        """Ask again, with backoff, until the id is ours, done, or bypassed."""
+        event_id = message.identity
+        assert event_id is not None
+        tp = message.topic_partition
+        foreign = False
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type((_StillHeld, DedupUnavailableError)),
+                wait=wait_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    if message.claim is ClaimResult.HELD_HERE:
+                        holder = self.holders.get(event_id)
+                        if holder is not None and holder.outcome in _DONE_HERE:
+                            # Our own copy handled it; its done mark is on its way.
+                            message.claim = ClaimResult.DUPLICATE
+                            break
+                        if holder is not None:
+                            raise _StillHeld  # the copy holding it has not finished yet
+                    elif message.claim is ClaimResult.IN_PROGRESS and not foreign:
+                        foreign = True
+                        self._set_waiting(+1, message)
+                    ((result, token),) = await self.dedup.claim_batch(
+                        [event_id],
+                        partition=f"{tp.topic}:{tp.partition}",
+                        generation=self.generation_of(tp),
+                    )
+                    raise_if_cancelled()
+                    message.claim, message.claim_token = result, token
+                    if result is ClaimResult.IN_PROGRESS or result is ClaimResult.HELD_HERE:
+                        raise _StillHeld
+        finally:
+            self._reclaim.discard(message)
+            if foreign:
+                self._set_waiting(-1, message)
+        if message.claim_token is not None:
+            self._hold(message, event_id, message.claim_token)
+        if message.claim is ClaimResult.DUPLICATE:
+            message.outcome = Outcome.DUPLICATE
+
+    def _set_waiting(self, delta: int, message: ConsumedMessage) -> None:
+        self.waiting += delta
+        self.sensor.on_waiting_on_claims(self.waiting)
+        now = time.monotonic()
+        if delta > 0 and now - self._last_wait_log >= _WAIT_LOG_INTERVAL_S:
+            self._last_wait_log = now
+            logger.warning(
+                "%d message(s) wait on dedup claims another member holds, e.g. %s; they run "
+                "once it finishes, or once its claim expires (at most %d ms)",
+                self.waiting,
+                message.location(),
+                self.dedup.processing_ttl_ms,
+            )
+
+    # ------------------------------------------------------------------ after handling
+
+    async def mark_done(self, messages: Sequence[ConsumedMessage]) -> None:
+        """Write done marks of handled messages we claimed; only then forget their claims.
+
+        Raises :class:`DedupUnavailableError` under ``fail_closed`` when the store
+        fails: the marks stay to write, and the caller must not commit them.
+        """
+        ids = [self.held[m][0] for m in messages if m in self.held]
+        if ids:
+            await self.dedup.mark_done_many(ids)
+        for message in messages:
+            self._unhold(message)
+
+    async def release(self, messages: Iterable[ConsumedMessage]) -> None:
+        """Give back the claims of messages that end without a done mark."""
+        claims = []
+        for message in messages:
+            held = self._unhold(message)
+            self._pending.pop(message, None)
+            if held is not None:
+                claims.append(held)
+        if claims:
+            await self.dedup.release_claims(claims)
+
+    def _hold(self, message: ConsumedMessage, event_id: str, token: str) -> None:
+        self.held[message] = (event_id, token)
+        self.holders[event_id] = message
+
+    def _unhold(self, message: ConsumedMessage) -> tuple[str, str] | None:
+        held = self.held.pop(message, None)
+        if held is not None and self.holders.get(held[0]) is message:
+            del self.holders[held[0]]
+        return held
+
+    # ------------------------------------------------------------------ renewal
+
+    def start(self) -> None:
+        """Start renewing held claims in the background."""
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_forever(), name="dedup-renewer")
+
+    async def stop(self) -> None:
+        """Stop renewing and claiming ahead."""
+        tasks = [t for t in (self._renewer, *self._claim_tasks) if t is not None]
+        self._renewer = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _renew_forever(self) -> None:
+        interval = self.dedup.processing_ttl_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(DedupUnavailableError):
+                await self.renew_now()
+            raise_if_cancelled()
+
+    async def renew_now(self) -> None:
+        """Renew every held claim now; a claim found lost is claimed again before it runs."""
+        items = list(self.held.items())
+        if not items:
+            return
+        alive = await self.dedup.renew([claim for _, claim in items])
+        for (message, _), ok in zip(items, alive, strict=True):
+            if ok:
+                continue
+            self._unhold(message)
+            if message.outcome is None:
+                message.claim = None
+                message.claim_token = None
+                self._reclaim.add(message)
+                logger.warning(
+                    "dedup claim of %s was lost before its handler finished; it is "
+                    "claimed again before it runs",
+                    message.location(),
+                )
+
+    def health(self) -> dict[str, Any]:
+        """Held claims, waits and store state for a health report."""
+        return {
+            "held_claims": len(self.held),
+            "waiting_on_claims": self.waiting,
+            "store_failing": self.store_failing,
+            **self.dedup.health(),
+        }
+

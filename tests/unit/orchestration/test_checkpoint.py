@@ -1,0 +1,156 @@
+"""The checkpoint, directly: outputs first, then done marks, then contiguous offsets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import fakeredis
+import orjson
+import pytest
+
+from core.config.settings import RedpandaSettings
+from core.streaming.clients import create_producer
+from core.streaming.embedded import drop_broker
+from core.streaming.errors import OutputFailedError
+from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
+from core.streaming.infrastructure.message_consumer import MessageConsumer
+from core.streaming.orchestration.checkpoint import Checkpoint
+from core.streaming.reliability.dedup_step import DedupStep
+from core.streaming.reliability.deduplication_manager import DeduplicationManager
+from core.streaming.types import TopicPartition
+
+TP = TopicPartition("in", 0)
+
+
+@pytest.fixture
+async def consumer() -> AsyncIterator[MessageConsumer]:
+    """A consumer that owns partition 0 of ``in`` on a private embedded broker."""
+    url = "memory://checkpoint-unit"
+    config = RedpandaSettings(bootstrap_servers=url, topic_partitions=1)
+    producer = create_producer(config)
+    await producer.start()
+    for n in range(5):
+        await (await producer.send("in", b"{}", key=str(n).encode()))
+    await producer.stop()
+    member = MessageConsumer(config, ["in"], "g")
+    await member.start()
+    assert await member.wait_for_assignment(5)
+    yield member
+    await member.stop()
+    drop_broker(url)
+
+
+def _fetched(consumer: MessageConsumer, count: int) -> list[ConsumedMessage]:
+    """``count`` messages of partition 0 as if fetched (offsets 0..count-1), handled."""
+    state = consumer._offsets[TP]
+    state.fetched_many(list(range(count)))
+    out = []
+    for offset in range(count):
+        value = {"id": f"e{offset}", "type": "t", "source": "s", "data": {}}
+        message = ConsumedMessage.of(
+            topic="in", partition=0, offset=offset, key=None, value=value,
+            raw_value=orjson.dumps(value), generation=state.generation,
+        )
+        message.outcome = Outcome.HANDLED
+        out.append(message)
+    return out
+
+
+async def test_messages_without_outputs_or_claims_are_finished_at_once(
+    consumer: MessageConsumer,
+) -> None:
+    checkpoint = Checkpoint(consumer)
+    messages = _fetched(consumer, 3)
+    checkpoint.add(messages[:2])
+    assert checkpoint.pending == 0
+    assert consumer.pending_offsets() == {TP: 2}
+    assert await checkpoint.commit()
+    assert await consumer.client.committed(TP) == 2
+
+
+async def test_a_failed_output_holds_the_commit_and_goes_back_to_the_error_path(
+    consumer: MessageConsumer,
+) -> None:
+    recovered: list[tuple[int, BaseException]] = []
+    checkpoint = Checkpoint(consumer, recover=lambda m, e: recovered.append((m.offset, e)))
+    loop = asyncio.get_running_loop()
+    ok, failed = loop.create_future(), loop.create_future()
+    ok.set_result(None)
+    failed.set_exception(TimeoutError("no ack"))
+    messages = _fetched(consumer, 3)
+    messages[0].outputs = [ok]
+    messages[1].outputs = [failed]
+    checkpoint.add(messages)
+    assert checkpoint.pending == 2
+    assert await checkpoint.commit()
+    assert await consumer.client.committed(TP) == 1, "stops before the failed message"
+    assert [offset for offset, _ in recovered] == [1]
+    assert isinstance(recovered[0][1], OutputFailedError)
+    assert messages[1].outcome is Outcome.FAILED and checkpoint.pending == 0
+
+
+async def test_done_marks_survive_a_cancelled_write_and_are_written_later(
+    consumer: MessageConsumer,
+) -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    step = DedupStep(DeduplicationManager(redis, "svc", consumer_group="g"))
+    messages = _fetched(consumer, 2)
+    for message in messages:
+        message.outcome = None
+    step.claim_ahead(messages)
+    await asyncio.gather(*step._claim_tasks)
+    for message in messages:
+        message.outcome = Outcome.HANDLED
+    checkpoint = Checkpoint(consumer, dedup=step)
+    checkpoint.add(messages)
+    gate = asyncio.Event()
+    real = step.dedup.mark_done_many
+
+    async def stalled(ids: list[str]) -> None:
+        await gate.wait()
+        await real(ids)
+
+    step.dedup.mark_done_many = stalled  # type: ignore[method-assign]
+    commit = asyncio.create_task(checkpoint.commit())
+    await asyncio.sleep(0.05)
+    commit.cancel()
+    await asyncio.gather(commit, return_exceptions=True)
+    assert checkpoint.pending == 2, "marks stay until written"
+    assert await consumer.client.committed(TP) is None
+    gate.set()
+    assert await checkpoint.commit()
+    assert await redis.get(step.dedup.key_for("e0")) == b"done"
+    assert await redis.get(step.dedup.key_for("e1")) == b"done"
+    assert await consumer.client.committed(TP) == 2
+
+
+async def test_a_commit_that_cannot_settle_in_time_commits_nothing_of_its_window(
+    consumer: MessageConsumer,
+) -> None:
+    checkpoint = Checkpoint(consumer, timeout_s=0.1)
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    messages = _fetched(consumer, 2)
+    messages[1].outputs = [never]
+    checkpoint.add(messages)
+    await checkpoint.commit()
+    assert await consumer.client.committed(TP) == 1
+    assert checkpoint.pending == 1 and checkpoint.last_error is not None
+    never.set_result(None)
+    assert await checkpoint.commit()
+    assert await consumer.client.committed(TP) == 2
+
+
+def test_the_policy_is_due_by_count_or_time(consumer: MessageConsumer) -> None:
+    from core.streaming.infrastructure.offset_tracker import CommitPolicy
+
+    checkpoint = Checkpoint(consumer, policy=CommitPolicy(every=2, interval_ms=3_600_000))
+    assert not checkpoint.due()
+    messages = _fetched(consumer, 2)
+    checkpoint.add(messages[:1])
+    assert not checkpoint.due()
+    checkpoint.add(messages[1:])
+    assert checkpoint.due()
+    timed = Checkpoint(consumer, policy=CommitPolicy(every=1_000, interval_ms=0))
+    timed.add(_fetched(consumer, 1))
+    assert timed.due()
