@@ -234,6 +234,35 @@ class TradingSettings(BaseModel):
     max_price_age_s: float = Field(default=60.0, gt=0)
     starting_cash: float = Field(default=10_000_000.0, ge=0)
     tick_rate_per_s: float = Field(default=20.0, gt=0)
+    price_band_pct: float = Field(
+        default=20.0,
+        gt=0,
+        description="the engine rejects a LIMIT price further than this from the last price",
+    )
+    resting_order_ttl_s: float = Field(
+        default=3600.0, gt=0, description="a resting LIMIT order is cancelled after this long"
+    )
+    max_resting_orders: int = Field(
+        default=1_000, gt=0, description="resting orders per namespace; beyond, LIMITs are rejected"
+    )
+    remembered_ids: int = Field(
+        default=20_000,
+        gt=0,
+        description="recent signal and order ids each service keeps to recognise repeats",
+    )
+    warmup_ticks: int = Field(
+        default=2_000,
+        ge=0,
+        description="ticks per partition read back at start for prices and strategy state",
+    )
+    restore_on_start: bool = Field(
+        default=True, description="services rebuild their state from their topics at start"
+    )
+    snapshot_every: int = Field(
+        default=10_000,
+        ge=0,
+        description="ledger events between two book snapshots of a namespace; 0: none",
+    )
 
 
 class Settings(BaseSettings):
