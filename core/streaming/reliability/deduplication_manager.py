@@ -79,7 +79,8 @@ local done1 = redis.call('SMISMEMBER', KEYS[2], unpack(ids))
 local done2 = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
 local held = redis.call('HMGET', KEYS[1], unpack(ids))
 local base, first, member, tp = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local gen, deadline = tonumber(ARGV[6]), now + tonumber(ARGV[1])
+local gen = tonumber(ARGV[6])
+local prefix = (now + tonumber(ARGV[1])) .. '|' .. base
 local flags, fields = {}, {}
 for i = 1, #ids do
   local flag = 'C'
@@ -99,7 +100,7 @@ for i = 1, #ids do
   end
   if flag == 'C' or flag == 'T' then
     fields[#fields + 1] = ids[i]
-    fields[#fields + 1] = deadline .. '|' .. base .. (first + i - 1)
+    fields[#fields + 1] = prefix .. (first + i - 1)
   end
   flags[i] = flag
 end
