@@ -38,12 +38,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 async def run(url: str, batch: int, batches: int) -> dict[str, float]:
-    client: Any = create_redis(RedisSettings(url=SecretStr(url)))
+    settings = RedisSettings(url=SecretStr(url))
+    client: Any = create_redis(settings)
     try:
         if hasattr(client, "initialize"):
             await client.initialize()
         dedup = DeduplicationManager(
-            client, "bench", consumer_group=uuid.uuid4().hex[:8], local_cache_size=0
+            client,
+            "bench",
+            consumer_group=uuid.uuid4().hex[:8],
+            local_cache_size=0,
+            shards=settings.dedup_shard_count,
         )
         timings: dict[str, float] = {"claim": 0.0, "done": 0.0, "reclaim": 0.0}
         for b in range(batches):

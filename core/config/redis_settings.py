@@ -27,7 +27,10 @@ class RedisSettings(BaseModel):
     the connection manager warns about it at start.
 
     Redis Cluster: a ``redis+cluster://`` or ``rediss+cluster://`` URL, or
-    ``cluster=True`` with any seed node's URL.
+    ``cluster=True`` with any seed node's URL. ``dedup_shards``: how many
+    hash-tagged shards (hash slots) one flow's dedup records spread over; by
+    default 1 on one node and 16 on a cluster. Every instance of a service must
+    use the same count: ids are placed by it.
     """
 
     url: SecretStr = SecretStr(MEMORY_URL)
@@ -38,6 +41,7 @@ class RedisSettings(BaseModel):
     ssl_keyfile: str | None = None
     ssl_verify: bool = True
     cluster: bool = False
+    dedup_shards: int | None = Field(default=None, ge=1, le=1024)
 
     @field_validator("url")
     @classmethod
@@ -72,6 +76,13 @@ class RedisSettings(BaseModel):
     def is_cluster(self) -> bool:
         """True when a Redis Cluster is selected (by URL scheme or ``cluster``)."""
         return self.cluster or _scheme(self.url.get_secret_value()).endswith("+cluster")
+
+    @property
+    def dedup_shard_count(self) -> int:
+        """``dedup_shards``, or its default: 16 on a Redis Cluster, else 1."""
+        if self.dedup_shards is not None:
+            return self.dedup_shards
+        return 16 if self.is_cluster else 1
 
     @property
     def uses_tls(self) -> bool:

@@ -29,6 +29,7 @@ CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 DedupFailurePolicy = Literal["fail_open", "fail_closed"]
 OrderingMode = Literal["partition", "key", "unordered"]
 LogFormat = Literal["json", "console"]
+ServiceShape = Literal["legacy", "builder"]
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
 
@@ -156,6 +157,11 @@ class ReliabilitySettings(BaseModel):
     handler_timeout_s: float | None = Field(default=None, gt=0)
     max_loop_restarts: int = Field(default=5, ge=0)
     exit_on_unhealthy: bool = False
+    shape: ServiceShape = Field(
+        default="legacy",
+        description="which implementation core.streaming.legacy.build_selected builds: "
+        "'legacy' (the StreamProcessor subclass) or 'builder' (the builder-made service)",
+    )
 
 
 class ObservabilitySettings(BaseModel):
@@ -199,6 +205,35 @@ class TradingSettings(BaseModel):
     max_price_age_s: float = Field(default=60.0, gt=0)
     starting_cash: float = Field(default=10_000_000.0, ge=0)
     tick_rate_per_s: float = Field(default=20.0, gt=0)
+    price_band_pct: float = Field(
+        default=20.0,
+        gt=0,
+        description="the engine rejects a LIMIT price further than this from the last price",
+    )
+    resting_order_ttl_s: float = Field(
+        default=3600.0, gt=0, description="a resting LIMIT order is cancelled after this long"
+    )
+    max_resting_orders: int = Field(
+        default=1_000, gt=0, description="resting orders per namespace; beyond, LIMITs are rejected"
+    )
+    remembered_ids: int = Field(
+        default=20_000,
+        gt=0,
+        description="recent signal and order ids each service keeps to recognise repeats",
+    )
+    warmup_ticks: int = Field(
+        default=2_000,
+        ge=0,
+        description="ticks per partition read back at start for prices and strategy state",
+    )
+    restore_on_start: bool = Field(
+        default=True, description="services rebuild their state from their topics at start"
+    )
+    snapshot_every: int = Field(
+        default=10_000,
+        ge=0,
+        description="ledger events between two book snapshots of a namespace; 0: none",
+    )
 
 
 class Settings(BaseSettings):

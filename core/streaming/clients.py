@@ -40,10 +40,10 @@ from core.streaming.redis_client import (
     REDIS_ERRORS,
     REDIS_TRANSIENT_ERRORS,
     Redis,
+    cluster_redis,
     fake_redis,
     real_redis,
 )
-from core.streaming.redis_dedup import DedupStore, cluster_client, dedup_store_for
 
 __all__ = [
     "BROKER_ERRORS",
@@ -54,7 +54,6 @@ __all__ = [
     "AdminClient",
     "ConsumerClient",
     "ConsumerOptions",
-    "DedupStore",
     "ProducerClient",
     "RebalanceListener",
     "Redis",
@@ -62,7 +61,6 @@ __all__ = [
     "create_consumer",
     "create_producer",
     "create_redis",
-    "dedup_store_for",
 ]
 
 #: Exceptions that mean "the broker or Redis is (perhaps briefly) unreachable".
@@ -140,12 +138,11 @@ def create_redis(settings: RedisSettings) -> Redis:
 
     Clients made from the same ``memory://`` URL share one fake server, as
     clients of one real Redis share its data. For a Redis Cluster
-    (``settings.is_cluster``) a cluster client, on which dedup runs through the
-    cluster store (``dedup_store_for``); it answers the same commands the layers
-    above use (``ping``, ``aclose``, scripts).
+    (``settings.is_cluster``) a cluster client: the dedup scripts touch the keys
+    of one hash slot each, so they run there unchanged.
     """
     if settings.is_embedded:
         return fake_redis(settings.url.get_secret_value())
     if settings.is_cluster:
-        return cluster_client(settings)  # type: ignore[return-value]
+        return cluster_redis(settings)  # type: ignore[return-value]
     return real_redis(settings)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import fakeredis
 import redis.asyncio as redis_asyncio
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     AuthorizationError,
     NoPermissionError,
+    RedisClusterException,
     RedisError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,8 +30,9 @@ REDIS_TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
 )
 
-#: Every error the Redis client raises (server replies such as OOM or READONLY included).
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError,)
+#: Every error the Redis client raises (server replies such as OOM or READONLY included;
+#: the cluster client's own ones too, such as no node serving a slot yet).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException)
 
 #: Redis refusing these credentials or this user: retrying cannot help.
 REDIS_AUTH_ERRORS: tuple[type[BaseException], ...] = (
@@ -61,3 +64,19 @@ def real_redis(settings: RedisSettings) -> Redis:
         health_check_interval=15,
         **settings.tls_kwargs(),
     )
+
+
+def cluster_redis(settings: RedisSettings) -> RedisCluster:
+    """A ``RedisCluster`` client for the settings' seed URL, timeouts and TLS files.
+
+    It answers the commands the layers above use (``ping``, scripts whose keys
+    share a hash slot, ``aclose``), routing each by slot and following MOVED and
+    ASK; after a master fails over it refreshes its slot map and retries.
+    """
+    client: RedisCluster = RedisCluster.from_url(
+        settings.client_url,
+        socket_connect_timeout=settings.connect_timeout_s,
+        socket_timeout=settings.socket_timeout_s,
+        **settings.tls_kwargs(),
+    )
+    return client

@@ -100,3 +100,20 @@ async def test_a_record_the_client_cannot_read_is_dead_lettered_as_a_reference(
     assert dead[0].headers["dlq.original.offset"] == "1"
     assert "UTF-8" in (dead[0].headers["dlq.exception.message"] or "")
     assert health["ready"]
+
+
+async def test_a_too_large_record_is_refused_with_its_size_headers_included(
+    backend: Backend,
+) -> None:
+    from core.streaming.errors import MessageTooLargeError
+    from core.streaming.infrastructure.message_producer import MessageProducer
+
+    source = await backend.create_topic("in")
+    producer = MessageProducer(backend.settings.redpanda, "sizer")
+    try:
+        with pytest.raises(MessageTooLargeError) as info:
+            await producer.send_raw(source, b"k", b"v" * 600_000, [("h", b"x" * 600_000)])
+    finally:
+        await producer.stop()
+    sizes = [int(word) for word in str(info.value).replace(",", "").split() if word.isdigit()]
+    assert max(sizes) >= 1_200_000, str(info.value)

@@ -112,9 +112,7 @@ def test_no_import_circle_in_core_or_services() -> None:
 def test_only_the_adapters_import_client_libraries(library: str) -> None:
     _, imports = _graph()
     allowed = (
-        ("core.streaming.kafka",)
-        if library == "aiokafka"
-        else ("core.streaming.redis_client", "core.streaming.redis_dedup")
+        ("core.streaming.kafka",) if library == "aiokafka" else ("core.streaming.redis_client",)
     )
     offenders = {m for m in _importers(imports, library) if not _under(m, *allowed)}
     assert offenders == set()

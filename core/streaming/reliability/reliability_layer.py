@@ -27,7 +27,12 @@ from core.streaming.reliability.dedup_step import DedupKey, DedupStep
 from core.streaming.reliability.deduplication_manager import DeduplicationManager
 from core.streaming.reliability.error_handler import ErrorHandler
 from core.streaming.reliability.metrics_collector import MetricsCollector
-from core.streaming.reliability.sensors import CountingSensor, Sensor, SensorDelegate
+from core.streaming.reliability.sensors import (
+    CountingSensor,
+    RunSummary,
+    Sensor,
+    SensorDelegate,
+)
 from core.streaming.reliability.steps import (
     Batch,
     BatchHandler,
@@ -54,7 +59,7 @@ class MetricsStep:
 
     async def __call__(self, batch: Batch, call_next: Next) -> None:
         await call_next(batch)
-        self.sensor.on_run_done(batch)
+        self.sensor.on_run_done(batch, RunSummary(batch))
 
 
 class ReliabilityLayer:
@@ -101,7 +106,7 @@ class ReliabilityLayer:
                 dedup_key=dedup_key,
                 generation_of=consumer.group_generation_of,
             )
-        self.stopping = False
+        self._stopping = False
         operation = f"process_{'+'.join(consumer.topics)}"
         tracing = TracingStep(service_name) if tracing_active() else None
         scopes = [tracing.message_scope] if tracing else []
@@ -151,8 +156,23 @@ class ReliabilityLayer:
         """Tell the invoker which messages belong to partitions being given up."""
         self._revoked = revoked
 
+    def halt(self, on: bool) -> None:
+        """Make the invoker check, between messages, whether to stop a run (or not)."""
+        self.invoker.halting = on or self.stopping
+
+    @property
+    def stopping(self) -> bool:
+        """True once the flow stops: runs end after their current message."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = value
+        if hasattr(self, "invoker"):
+            self.invoker.halting = value
+
     def _should_stop(self, message: ConsumedMessage) -> bool:
-        return self.stopping or self._revoked(message)
+        return self._stopping or self._revoked(message)
 
     @property
     def outcomes(self) -> dict[Outcome, int]:

@@ -108,3 +108,13 @@ def test_safe_address_and_password() -> None:
     assert s.safe_address == "cache:6380"
     assert s.password == "pw-1234"
     assert RedisSettings().password is None
+
+
+def test_dedup_shards_default_by_backend_and_bounds() -> None:
+    assert RedisSettings(url=SecretStr("redis://cache:6379/0")).dedup_shard_count == 1
+    assert RedisSettings(url=SecretStr("redis+cluster://seed:7000")).dedup_shard_count == 16
+    assert RedisSettings(url=SecretStr("redis://seed:7000"), cluster=True).dedup_shard_count == 16
+    explicit = RedisSettings(url=SecretStr("redis+cluster://seed:7000"), dedup_shards=4)
+    assert explicit.dedup_shard_count == 4
+    with pytest.raises(ValueError):
+        RedisSettings(dedup_shards=0)

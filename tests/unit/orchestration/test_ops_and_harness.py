@@ -68,7 +68,7 @@ async def test_health_transitions_and_metrics_over_http() -> None:
                 async def broken(*args: Any, **kwargs: Any) -> Any:
                     raise RuntimeError("fetch broke")
 
-                service.consumers[0].fetch_batch = broken  # type: ignore[method-assign]
+                service.consumers[0].fetch_partitioned = broken  # type: ignore[method-assign]
                 for _ in range(200):
                     if (await _get(http, f"{base}/health/live"))[0] == 503:
                         break
