@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.config.redis_settings import RedisSettings as RedisSettings
+
 ENV_PREFIX = "TRADESTREAM_"
 ENV_NESTED_DELIMITER = "__"
 MEMORY_URL = "memory://"
@@ -127,37 +129,6 @@ class RedpandaSettings(BaseModel):
     def bootstrap_list(self) -> list[str]:
         """Bootstrap servers as a list."""
         return self.bootstrap_servers.split(",")
-
-
-class RedisSettings(BaseModel):
-    """How to reach Redis. ``memory://`` selects an in-process fake Redis."""
-
-    url: SecretStr = SecretStr(MEMORY_URL)
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    socket_timeout_s: float = Field(default=2.0, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: SecretStr) -> SecretStr:
-        raw = value.get_secret_value()
-        if not raw.startswith((MEMORY_URL, "redis://", "rediss://", "unix://")):
-            raise ValueError("expected a redis://, rediss://, unix:// or memory:// URL")
-        return value
-
-    @property
-    def is_embedded(self) -> bool:
-        """True when the in-process fake Redis is selected."""
-        return self.url.get_secret_value().startswith(MEMORY_URL)
-
-    @property
-    def safe_address(self) -> str:
-        """Host and port (or ``memory://``) without credentials, for messages."""
-        raw = self.url.get_secret_value()
-        if raw.startswith(MEMORY_URL):
-            return MEMORY_URL
-        rest = raw.split("://", 1)[1]
-        rest = rest.rsplit("@", 1)[-1]
-        return rest.split("/", 1)[0] or "localhost"
 
 
 class ReliabilitySettings(BaseModel):

@@ -18,7 +18,8 @@ from core.streaming.dead_letters import (
     replay_target,
     select_dead_letters,
 )
-from core.streaming.errors import BrokerUnavailableError
+from core.streaming.errors import BrokerUnavailableError, ConnectionSetupError
+from core.streaming.infrastructure.connection_manager import ConnectionManager
 from core.streaming.topic_reader import topic_exists
 from services.cli.common import WIDE_COLUMNS, console, fail, load_cli_settings
 
@@ -40,6 +41,11 @@ def _load(topic: str) -> list[DeadLetterRecord]:
     settings = load_cli_settings()
 
     async def load() -> list[DeadLetterRecord]:
+        # Connecting through the connection manager first turns a wrong password,
+        # certificate or protocol into one clear error instead of a traceback.
+        manager = ConnectionManager(settings, use_redis=False)
+        await manager.start()
+        await manager.stop()
         if not await topic_exists(settings.redpanda, topic):
             raise LookupError(topic)
         return await read_dead_letters(settings.redpanda, topic)
@@ -48,6 +54,8 @@ def _load(topic: str) -> list[DeadLetterRecord]:
         return asyncio.run(load())
     except LookupError:
         raise fail(f"topic {topic} does not exist") from None
+    except ConnectionSetupError as exc:
+        raise fail(str(exc)) from None
     except (BrokerUnavailableError, OSError, TimeoutError) as exc:
         raise fail(f"cannot read {topic}: {type(exc).__name__}: {exc}") from None
 

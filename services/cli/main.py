@@ -17,7 +17,7 @@ from rich.table import Table
 
 from core.config.settings import Settings
 from core.schemas.topics import TopicMap, TopicNames
-from core.streaming.errors import BrokerUnavailableError
+from core.streaming.errors import ConnectionSetupError
 from core.streaming.infrastructure.connection_manager import ConnectionManager
 from core.streaming.logging_setup import configure_logging
 from services.cli.common import console, fail, load_cli_settings
@@ -180,7 +180,7 @@ def topics_ensure(
 
     try:
         created = asyncio.run(ensure())
-    except BrokerUnavailableError as exc:
+    except ConnectionSetupError as exc:
         raise fail(str(exc)) from None
     table = Table("topic", "state", title=f"topics on {settings.redpanda.bootstrap_servers}")
     for name in names:

@@ -280,6 +280,7 @@ class StreamServiceBuilder:
                     processing_ttl_ms=flow_rel.dedup_processing_ttl_ms,
                     local_cache_size=flow_rel.dedup_local_cache_size,
                     failure_policy=flow_rel.dedup_failure_policy,
+                    shards=self.settings.redis.dedup_shard_count,
                     metrics=metrics,
                 )
             layer = ReliabilityLayer(
