@@ -24,6 +24,7 @@ import redis.asyncio as redis_asyncio
 from core.streaming.errors import PermanentError
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
+from core.streaming.reliability.deduplication_manager import DeduplicationManager
 from core.streaming.topic_reader import read_topic
 from tests.security.conftest import SecureInfra
 
@@ -86,9 +87,9 @@ async def test_service_round_trip_with_dedup_over_sasl_ssl_and_acl_redis(
 
     client = redis_asyncio.Redis.from_url(secure_infra.redis_url())
     try:
-        keys = [k async for k in client.scan_iter(match=f"dedup:{name}:*", count=1000)]
-        assert len(keys) == EVENTS
-        assert await client.get(keys[0]) == b"done"
+        store = DeduplicationManager(client, name, consumer_group=group)
+        states = [(await store.state(event_id))[0] for event_id in ids]
+        assert states == ["done"] * EVENTS
     finally:
         await client.aclose()
 
@@ -191,7 +192,8 @@ async def test_dedup_over_tls_redis_with_a_private_ca_and_a_client_certificate(
     manager = ConnectionManager(settings, use_redis=True)
     await manager.start()
     try:
-        assert await manager.redis.get(f"dedup:{name}:{name}.g:{ids[0]}") == b"done"
+        store = DeduplicationManager(manager.redis, name, consumer_group=f"{name}.g")
+        assert await store.state(ids[0]) == ("done", 0)
     finally:
         await manager.stop()
 
