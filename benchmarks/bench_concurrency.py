@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import statistics
 import sys
 import time
@@ -30,25 +28,23 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_peers import delete_topic
+from bench_common import (
+    check_local,
+    create_topic,
+    delete_topic,
+    server_arguments,
+    settings_of,
+    write_results,
+)
 
-from core.config.settings import RedisSettings, RedpandaSettings, Settings
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def preload(bootstrap: str, topic: str, partitions: int, count: int, keys: int) -> None:
     import orjson
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
     await producer.start()
     try:
@@ -72,14 +68,7 @@ async def preload(bootstrap: str, topic: str, partitions: int, count: int, keys:
 async def run_setting(
     args: argparse.Namespace, topic: str, concurrency: int
 ) -> dict[str, Any]:
-    from pydantic import SecretStr
-
-    settings = Settings().model_copy(
-        update={
-            "redpanda": RedpandaSettings(bootstrap_servers=args.bootstrap),
-            "redis": RedisSettings(url=SecretStr(args.redis_url)),
-        }
-    )
+    settings = settings_of(args)
     seen: dict[int, list[int]] = {}
     done = asyncio.Event()
     clock: dict[str, float] = {}
@@ -155,19 +144,11 @@ async def main_async(args: argparse.Namespace) -> None:
         ok = all(r["ordered"] and r["exactly_once"] for r in results)
         table.append({"concurrency": c, "msg_per_s": rate, "speedup": rate / base})
         print(f"| {c} | {rate:,.0f} | {rate / base:.1f}x | {target:.1f}x | {ok} |")
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
-        f"concurrency-{time.strftime('%Y-%m-%d-%H%M')}.json"
-    )
-    out.write_text(json.dumps({"args": vars(args), "table": table, "runs": runs}, indent=2))
-    print(f"\nwritten to {out}")
+    write_results(args, "concurrency", {"table": table, "runs": runs})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    env = os.environ
-    kafka = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    parser.add_argument("--bootstrap", default=kafka)
-    parser.add_argument("--redis-url", default=env.get("REDIS_URL", "redis://127.0.0.1:16379/0"))
+    parser = server_arguments(__doc__)
     parser.add_argument("--messages", type=int, default=2_000)
     parser.add_argument("--keys", type=int, default=200)
     parser.add_argument("--partitions", type=int, default=3)
@@ -175,11 +156,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    for address in (args.bootstrap, args.redis_url):
-        if "127.0.0.1" not in address and "localhost" not in address:
-            raise SystemExit(f"refusing a non-local address: {address}")
+    check_local(args)
     asyncio.run(main_async(args))
 
 

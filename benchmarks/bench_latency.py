@@ -28,24 +28,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_peers import delete_topic
+from bench_common import (
+    ROOT,
+    check_local,
+    create_topic,
+    delete_topic,
+    server_arguments,
+    settings_of,
+    write_results,
+)
 
-from core.config.settings import RedisSettings, RedpandaSettings, Settings
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    from pydantic import SecretStr
-
-    return Settings().model_copy(
-        update={
-            "redpanda": RedpandaSettings(bootstrap_servers=args.bootstrap),
-            "redis": RedisSettings(url=SecretStr(args.redis_url)),
-        }
-    )
 
 
 async def child(args: argparse.Namespace) -> None:
@@ -62,7 +56,7 @@ async def child(args: argparse.Namespace) -> None:
 
     group = f"bench-latency-{uuid.uuid4().hex[:6]}"
     service = (
-        StreamServiceBuilder(group, settings=_settings(args))
+        StreamServiceBuilder(group, settings=settings_of(args))
         .ensure_topics(False)
         .with_redis()
         .add_consumer_handler([args.topic], group, handle)
@@ -79,7 +73,7 @@ async def child(args: argparse.Namespace) -> None:
 
 
 async def produce(args: argparse.Namespace) -> None:
-    producer = MessageProducer(_settings(args).redpanda, "bench-latency")
+    producer = MessageProducer(settings_of(args).redpanda, "bench-latency")
     await producer.start()
     try:
         interval = 1 / args.rate
@@ -95,54 +89,36 @@ async def produce(args: argparse.Namespace) -> None:
         await producer.stop()
 
 
-async def create(args: argparse.Namespace) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=args.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(args.topic, args.partitions, 1)])
-    finally:
-        await admin.close()
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    env = os.environ
-    kafka = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    parser.add_argument("--bootstrap", default=kafka)
-    parser.add_argument("--redis-url", default=env.get("REDIS_URL", "redis://127.0.0.1:16379/0"))
+    parser = server_arguments(__doc__)
     parser.add_argument("--rate", type=float, default=1_000.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--topic", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         asyncio.run(child(args))
         return
-    for address in (args.bootstrap, args.redis_url):
-        if "127.0.0.1" not in address and "localhost" not in address:
-            raise SystemExit(f"refusing a non-local address: {address}")
+    check_local(args)
     runs = []
     for repeat in range(args.repeat):
         args.topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
-        asyncio.run(create(args))
+        asyncio.run(create_topic(args.bootstrap, args.topic, args.partitions))
         command = [
             sys.executable, __file__, "--child", "--topic", args.topic, "--rate", str(args.rate),
             "--seconds", str(args.seconds), "--warmup", str(args.warmup),
             "--bootstrap", args.bootstrap, "--redis-url", args.redis_url,
         ]  # fmt: skip
         proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, text=True, env={**env, "PYTHONPATH": str(ROOT)}
+            command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )
         try:
             assert proc.stdout is not None
@@ -168,11 +144,7 @@ def main() -> None:
     print(f"\n{args.rate:.0f} msg/s for {args.seconds:.0f} s, median of {args.repeat}: "
           f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (p99 range "
           f"{min(r['p99_ms'] for r in runs):.2f}-{max(r['p99_ms'] for r in runs):.2f})")
-    out_path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
-        f"latency-{time.strftime('%Y-%m-%d-%H%M')}.json"
-    )
-    out_path.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2))
-    print(f"written to {out_path}")
+    write_results(args, "latency", {"runs": runs})
 
 
 if __name__ == "__main__":

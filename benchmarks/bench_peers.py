@@ -52,7 +52,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import (
+    ROOT,
+    check_local,
+    create_topic,
+    delete_topic,
+    server_arguments,
+    write_results,
+)
+
 VARIANTS = (
     "raw-interval",
     "raw-sync",
@@ -193,17 +203,11 @@ async def child_faststream(args: argparse.Namespace, clock: Clock, ack: bool) ->
 
 
 async def child_ours(args: argparse.Namespace, clock: Clock, variant: str) -> None:
-    from pydantic import SecretStr
+    from bench_common import settings_of
 
-    from core.config.settings import RedisSettings, RedpandaSettings, Settings
     from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
 
-    settings = Settings().model_copy(
-        update={
-            "redpanda": RedpandaSettings(bootstrap_servers=args.bootstrap),
-            "redis": RedisSettings(url=SecretStr(args.redis_url)),
-        }
-    )
+    settings = settings_of(args)
 
     async def handle(event: dict[str, Any]) -> None:
         clock.tick()
@@ -246,15 +250,10 @@ def run_child(args: argparse.Namespace) -> None:
 
 
 async def preload(bootstrap: str, topic: str, partitions: int, messages: int, empty: bool) -> None:
+    """A new topic with ``messages`` envelopes, spread evenly (one partition left empty)."""
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1)
     await producer.start()
     try:
@@ -266,17 +265,6 @@ async def preload(bootstrap: str, topic: str, partitions: int, messages: int, em
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-async def delete_topic(bootstrap: str, topic: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
 
 
 def redis_script_usec(redis_url: str) -> tuple[int, int]:
@@ -333,18 +321,13 @@ def summarize(runs: list[dict[str, Any]], messages: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    env = os.environ
-    kafka = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    parser.add_argument("--bootstrap", default=kafka)
-    parser.add_argument("--redis-url", default=env.get("REDIS_URL", "redis://127.0.0.1:16379/0"))
+    parser = server_arguments(__doc__)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--empty-partition", action="store_true")
     parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--out", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--topic", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--group", default=None, help=argparse.SUPPRESS)
@@ -353,9 +336,7 @@ def main() -> None:
     if args.child:
         run_child(args)
         return
-    for address in (args.bootstrap, args.redis_url):
-        if "127.0.0.1" not in address and "localhost" not in address:
-            raise SystemExit(f"refusing a non-local address: {address}")
+    check_local(args)
     variants = [v for v in args.variants.split(",") if v]
     topic = f"bench-peers-{uuid.uuid4().hex[:8]}"
     asyncio.run(
@@ -386,11 +367,8 @@ def main() -> None:
             f"{row['msg_per_s_max']:,.0f}) | {row['cpu_us_per_msg']:.2f} "
             f"({row['cpu_us_min']:.2f}-{row['cpu_us_max']:.2f}) | {row['redis_us_per_msg']:.2f} |"
         )
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
-        f"peers-{time.strftime('%Y-%m-%d-%H%M')}{'-empty' if args.empty_partition else ''}.json"
-    )
-    out.write_text(json.dumps({"args": vars(args), "table": table, "runs": runs}, indent=2))
-    print(f"\nwritten to {out}")
+    name = "peers-empty" if args.empty_partition else "peers"
+    write_results(args, name, {"table": table, "runs": runs})
 
 
 if __name__ == "__main__":

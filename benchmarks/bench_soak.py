@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -26,13 +25,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_latency import _settings, create
-from bench_peers import delete_topic
+from bench_common import (
+    ROOT,
+    check_local,
+    create_topic,
+    delete_topic,
+    server_arguments,
+    settings_of,
+    write_results,
+)
 
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def rss_bytes(pid: int) -> int:
@@ -51,7 +55,7 @@ async def child(args: argparse.Namespace) -> None:
 
     group = f"bench-soak-{uuid.uuid4().hex[:6]}"
     service = (
-        StreamServiceBuilder(group, settings=_settings(args))
+        StreamServiceBuilder(group, settings=settings_of(args))
         .ensure_topics(False)
         .with_redis()
         .add_consumer_handler([args.topic], group, handle)
@@ -65,7 +69,7 @@ async def child(args: argparse.Namespace) -> None:
 
 
 async def produce(args: argparse.Namespace, sample: Any) -> None:
-    producer = MessageProducer(_settings(args).redpanda, "bench-soak")
+    producer = MessageProducer(settings_of(args).redpanda, "bench-soak")
     await producer.start()
     try:
         started = time.perf_counter()
@@ -87,28 +91,21 @@ async def produce(args: argparse.Namespace, sample: Any) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    env = os.environ
-    kafka = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    parser.add_argument("--bootstrap", default=kafka)
-    parser.add_argument("--redis-url", default=env.get("REDIS_URL", "redis://127.0.0.1:16379/0"))
+    parser = server_arguments(__doc__)
     parser.add_argument("--rate", type=float, default=2_000.0)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--warmup", type=float, default=60.0)
     parser.add_argument("--every", type=float, default=10.0)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--out", default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--topic", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         asyncio.run(child(args))
         return
-    for address in (args.bootstrap, args.redis_url):
-        if "127.0.0.1" not in address and "localhost" not in address:
-            raise SystemExit(f"refusing a non-local address: {address}")
+    check_local(args)
     args.topic = f"bench-soak-{uuid.uuid4().hex[:8]}"
-    asyncio.run(create(args))
+    asyncio.run(create_topic(args.bootstrap, args.topic, args.partitions))
     command = [
         sys.executable, __file__, "--child", "--topic", args.topic,
         "--bootstrap", args.bootstrap, "--redis-url", args.redis_url,
@@ -118,7 +115,7 @@ def main() -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**env, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     samples: list[tuple[float, int]] = []
     try:
@@ -135,11 +132,7 @@ def main() -> None:
     growth = (warm[-1] - warm[0]) / warm[0] * 100 if len(warm) > 1 else float("nan")
     print(f"{args.rate:.0f} msg/s for {args.seconds:.0f} s: RSS {warm[0] / 2**20:.1f} MB after "
           f"the warm-up, {warm[-1] / 2**20:.1f} MB at the end: {growth:+.1f}%")
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
-        f"soak-{time.strftime('%Y-%m-%d-%H%M')}.json"
-    )
-    out.write_text(json.dumps({"args": vars(args), "samples": samples, "growth_pct": growth}))
-    print(f"written to {out}")
+    write_results(args, "soak", {"samples": samples, "growth_pct": growth})
 
 
 if __name__ == "__main__":
