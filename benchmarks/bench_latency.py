@@ -55,13 +55,10 @@ async def child(args: argparse.Namespace) -> None:
             done.set()
 
     group = f"bench-latency-{uuid.uuid4().hex[:6]}"
-    service = (
-        StreamServiceBuilder(group, settings=settings_of(args))
-        .ensure_topics(False)
-        .with_redis()
-        .add_consumer_handler([args.topic], group, handle)
-        .build()
-    )
+    builder = StreamServiceBuilder(group, settings=settings_of(args)).ensure_topics(False)
+    if args.dedup:
+        builder.with_redis()
+    service = builder.add_consumer_handler([args.topic], group, handle).build()
     await service.start()
     print("ready", flush=True)
     try:
@@ -101,6 +98,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-dedup", dest="dedup", action="store_false", help="dedup off")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--topic", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -116,6 +114,7 @@ def main() -> None:
             sys.executable, __file__, "--child", "--topic", args.topic, "--rate", str(args.rate),
             "--seconds", str(args.seconds), "--warmup", str(args.warmup),
             "--bootstrap", args.bootstrap, "--redis-url", args.redis_url,
+            *([] if args.dedup else ["--no-dedup"]),
         ]  # fmt: skip
         proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
