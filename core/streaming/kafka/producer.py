@@ -123,4 +123,3 @@ class KafkaProducerClient:
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(await self._producer.partitions_for(topic))
-

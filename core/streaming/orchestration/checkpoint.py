@@ -239,4 +239,3 @@ class Checkpoint:
     def health(self) -> dict[str, Any]:
         """Window size and the last failure, for health reports."""
         return {"pending": len(self._window), "last_error": self.last_error}
-

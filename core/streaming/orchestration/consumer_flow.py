@@ -231,9 +231,7 @@ class ConsumerFlow:
                 )
                 await self.dispatcher.wait_partitions(partitions, 1.0)
             await self._cancel_recovery(partitions)
-            await self.checkpoint.commit(
-                partitions, timeout_s=max(0.5, deadline - loop.time())
-            )
+            await self.checkpoint.commit(partitions, timeout_s=max(0.5, deadline - loop.time()))
         finally:
             await self._release(self.checkpoint.drop(partitions))
             self.sensor.on_partitions_revoked(partitions)

@@ -26,6 +26,7 @@ from core.streaming.reliability.reliability_layer import ReliabilityLayer
 
 logger = logging.getLogger(__name__)
 
+
 class _TopicEnsurer:
     """Creates the service's topics at start."""
 

@@ -151,9 +151,7 @@ class StreamServiceBuilder:
         """
         if isinstance(topics, str):
             topics = [topics]
-        self._flows.append(
-            _FlowSpec(list(topics), group_id, handler_func, _overrides(overrides))
-        )
+        self._flows.append(_FlowSpec(list(topics), group_id, handler_func, _overrides(overrides)))
         return self
 
     def add_batch_handler(

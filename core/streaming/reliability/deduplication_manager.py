@@ -72,7 +72,9 @@ _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2
 # 6 generation, 7 the ids, newline-separated (one argument: far cheaper for the client
 # to send than one per id). One flag per id: C claimed, T taken over from an older
 # generation's owner of this partition, D done, H held by this member, P held elsewhere.
-_CLAIM_SCRIPT = _NOW_MS + """
+_CLAIM_SCRIPT = (
+    _NOW_MS
+    + """
 local ids = {}
 for id in string.gmatch(ARGV[7], '[^\\n]+') do ids[#ids + 1] = id end
 local done1 = redis.call('SMISMEMBER', KEYS[2], unpack(ids))
@@ -110,10 +112,13 @@ if #fields > 0 then
 end
 return table.concat(flags)
 """
+)
 
 # KEYS[1]: claims hash. ARGV: 1 claim ms (0: release), 2 lines "id<TAB>token". Renews (or
 # deletes) each claim still holding its token; one 1/0 flag per line.
-_HELD_SCRIPT = _NOW_MS + """
+_HELD_SCRIPT = (
+    _NOW_MS
+    + """
 local flags = {}
 local ms = tonumber(ARGV[1])
 for id, token in string.gmatch(ARGV[2], '([^\\t\\n]+)\\t([^\\n]+)') do
@@ -134,6 +139,7 @@ if ms > 0 then
 end
 return table.concat(flags)
 """
+)
 
 # KEYS: claims hash, done set of this bucket. ARGV: 1 how long the set is kept (ms),
 # 2 the ids, newline-separated. Marks them done and drops their claims.
@@ -147,12 +153,15 @@ return #ids
 """
 
 # KEYS[1]: claims hash. ARGV[1]: one id. Returns {the claim or false, ms left}.
-_PEEK_CLAIM_SCRIPT = _NOW_MS + """
+_PEEK_CLAIM_SCRIPT = (
+    _NOW_MS
+    + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return {false, 0} end
 local until_ms, token = string.match(cur, '^(%d+)|(.*)$')
 return {token, tonumber(until_ms) - now}
 """
+)
 
 
 class ClaimResult(StrEnum):
@@ -358,14 +367,21 @@ class DeduplicationManager:
         )
         by_shard: dict[int, list[int]] = {}
         first_seen: set[str] = set()
+        local = self._local
+        one_shard = self.shards == 1
         for i, event_id in enumerate(event_ids):
-            if self._cache_hit(event_id):
+            if event_id in local and self._cache_hit(event_id):
                 continue
             if event_id in first_seen:
                 results[i] = (ClaimResult.HELD_HERE, None)
                 continue
             first_seen.add(event_id)
-            by_shard.setdefault(self.shard_of(event_id), []).append(i)
+            shard = 0 if one_shard else self.shard_of(event_id)
+            indexes = by_shard.get(shard)
+            if indexes is None:
+                by_shard[shard] = [i]
+            else:
+                indexes.append(i)
         if not by_shard:
             return results
         # Lua unpacks the ids onto its stack: at most _SCRIPT_IDS per call.
@@ -397,7 +413,14 @@ class DeduplicationManager:
                         self.member,
                         partition,
                         generation,
-                        "\n".join([key_id(event_ids[i]) for i in indexes]),
+                        "\n".join(
+                            [
+                                e
+                                if len(e) <= MAX_ID_LENGTH and "\n" not in e and "\t" not in e
+                                else key_id(e)
+                                for e in [event_ids[i] for i in indexes]
+                            ]
+                        ),
                     ],
                 )
             )

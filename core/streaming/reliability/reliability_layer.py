@@ -228,4 +228,3 @@ class ReliabilityLayer:
         if self.dedup_step is not None:
             report["dedup"] = self.dedup_step.health()
         return report
-
