@@ -65,9 +65,7 @@ async def preload(bootstrap: str, topic: str, partitions: int, count: int, keys:
         await producer.stop()
 
 
-async def run_setting(
-    args: argparse.Namespace, topic: str, concurrency: int
-) -> dict[str, Any]:
+async def run_setting(args: argparse.Namespace, topic: str, concurrency: int) -> dict[str, Any]:
     settings = settings_of(args)
     seen: dict[int, list[int]] = {}
     done = asyncio.Event()

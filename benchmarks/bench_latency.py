@@ -140,9 +140,11 @@ def main() -> None:
         print(f"  repeat {repeat + 1}: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms")
     p50 = statistics.median(r["p50_ms"] for r in runs)
     p99 = statistics.median(r["p99_ms"] for r in runs)
-    print(f"\n{args.rate:.0f} msg/s for {args.seconds:.0f} s, median of {args.repeat}: "
-          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (p99 range "
-          f"{min(r['p99_ms'] for r in runs):.2f}-{max(r['p99_ms'] for r in runs):.2f})")
+    print(
+        f"\n{args.rate:.0f} msg/s for {args.seconds:.0f} s, median of {args.repeat}: "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (p99 range "
+        f"{min(r['p99_ms'] for r in runs):.2f}-{max(r['p99_ms'] for r in runs):.2f})"
+    )
     write_results(args, "latency", {"runs": runs})
 
 

@@ -357,8 +357,10 @@ def main() -> None:
     finally:
         asyncio.run(delete_topic(args.bootstrap, topic))
     table = {v: summarize(r, args.messages) for v, r in runs.items()}
-    print(f"\n{args.messages} messages, {args.partitions} partitions"
-          f"{' (one empty)' if args.empty_partition else ''}, median of {args.repeat}\n")
+    print(
+        f"\n{args.messages} messages, {args.partitions} partitions"
+        f"{' (one empty)' if args.empty_partition else ''}, median of {args.repeat}\n"
+    )
     print("| variant | msg/s (min-max) | CPU µs/msg (min-max) | Redis µs/msg |")
     print("| --- | ---: | ---: | ---: |")
     for variant, row in table.items():

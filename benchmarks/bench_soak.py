@@ -130,8 +130,10 @@ def main() -> None:
         asyncio.run(delete_topic(args.bootstrap, args.topic))
     warm = [rss for t, rss in samples if t >= args.warmup]
     growth = (warm[-1] - warm[0]) / warm[0] * 100 if len(warm) > 1 else float("nan")
-    print(f"{args.rate:.0f} msg/s for {args.seconds:.0f} s: RSS {warm[0] / 2**20:.1f} MB after "
-          f"the warm-up, {warm[-1] / 2**20:.1f} MB at the end: {growth:+.1f}%")
+    print(
+        f"{args.rate:.0f} msg/s for {args.seconds:.0f} s: RSS {warm[0] / 2**20:.1f} MB after "
+        f"the warm-up, {warm[-1] / 2**20:.1f} MB at the end: {growth:+.1f}%"
+    )
     write_results(args, "soak", {"samples": samples, "growth_pct": growth})
 
 

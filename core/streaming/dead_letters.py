@@ -40,7 +40,7 @@ from core.streaming.reliability.error_handler import (
     HEADER_ORIGINAL_TOPIC,
 )
 from core.streaming.topic_reader import read_topics
-from core.streaming.types import TopicSpec
+from core.streaming.types import FetchedRecord, TopicSpec
 
 HEADER_REPLAYED_FROM = "dlq.replayed.from"
 REPLAY_MARKS_SUFFIX = ".replayed"
@@ -74,6 +74,19 @@ class DeadLetterRecord:
     value: bytes | None
     headers: RawHeaders
     replayed: ReplayMark | None = None
+
+    @classmethod
+    def of(cls, record: FetchedRecord, replayed: ReplayMark | None = None) -> DeadLetterRecord:
+        """The dead letter a fetched record of a dead-letter topic holds."""
+        return cls(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value,
+            tuple(record.headers),
+            replayed,
+        )
 
     @property
     def position(self) -> str:
@@ -203,15 +216,7 @@ async def read_dead_letters(
             if mark is not None:
                 marks[mark.position] = mark
     return [
-        DeadLetterRecord(
-            r.topic,
-            r.partition,
-            r.offset,
-            r.key,
-            r.value,
-            tuple(r.headers),
-            marks.get(f"{r.partition}:{r.offset}"),
-        )
+        DeadLetterRecord.of(r, marks.get(f"{r.partition}:{r.offset}"))
         for r in records
         if r.topic == dlq_topic
     ]

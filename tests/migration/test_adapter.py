@@ -167,11 +167,11 @@ async def test_failures_are_retried_then_dead_lettered_never_committed_silently(
         dead = harness.dead_letters("orders")
     orchestrator = flaky.orchestrator
     assert attempts == {"transient": 2, "broken": 3, "cancelled": 3, "fine": 1}
-    assert sorted(d.headers["dlq.exception.type"] or "" for d in dead) == [
+    assert sorted(d.header("dlq.exception.type") or "" for d in dead) == [
         "RuntimeError",
         "core.streaming.reliability.steps.HandlerCancelledError",
     ]
-    assert {d.headers["dlq.attempts"] for d in dead} == {"3"}
+    assert {d.header("dlq.attempts") for d in dead} == {"3"}
     assert metric(orchestrator, "tradestream_dead_lettered_total") == 2
     assert metric(orchestrator, "tradestream_messages_handled_total") == 2
 

@@ -49,8 +49,13 @@ def _fetched(consumer: MessageConsumer, count: int) -> list[ConsumedMessage]:
     for offset in range(count):
         value = {"id": f"e{offset}", "type": "t", "source": "s", "data": {}}
         message = ConsumedMessage.of(
-            topic="in", partition=0, offset=offset, key=None, value=value,
-            raw_value=orjson.dumps(value), generation=state.generation,
+            topic="in",
+            partition=0,
+            offset=offset,
+            key=None,
+            value=value,
+            raw_value=orjson.dumps(value),
+            generation=state.generation,
         )
         message.outcome = Outcome.HANDLED
         out.append(message)

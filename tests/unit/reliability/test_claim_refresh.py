@@ -86,5 +86,3 @@ async def test_release_gives_back_only_our_own_token() -> None:
     assert (await step.dedup.state("e3"))[0] is not None
     await step.release([first])
     assert await step.dedup.state("e3") == (None, 0)
-
-
