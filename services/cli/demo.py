@@ -28,9 +28,10 @@ from core.schemas.events import EventType, SignalAction, TradingSignal
 from core.schemas.topics import TopicMap
 from core.streaming.clients import Redis, create_redis
 from core.streaming.infrastructure.message_producer import MessageProducer
+from core.streaming.orchestration.lifecycle_coordinator import LifecycleCoordinator, Stage
 from core.streaming.orchestration.ops_server import OpsServer
 from services.cli.demo_view import RELIABILITY, RateWindow, ViewState, render
-from services.cli.runner import install_stop_signals, start_all, stop_all
+from services.cli.runner import exit_code, exit_requested, serve, services_coordinator
 from services.market_data.service import MarketDataFeedService
 from services.registry import RunnableService, build_pipeline
 from services.signal_validator.service import SignalValidatorService
@@ -92,12 +93,14 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def pipeline_ops_server(settings: Settings, services: list[RunnableService]) -> OpsServer:
+def pipeline_ops_server(
+    settings: Settings, services: list[RunnableService], coordinator: LifecycleCoordinator
+) -> OpsServer:
     """One /health and /metrics endpoint for every service of the pipeline."""
-    orchestrators = [s.orchestrator for s in services]
+    names = {s.orchestrator.service_name for s in services}
 
     async def health() -> dict[str, Any]:
-        reports = [await o.health() for o in orchestrators]
+        reports = [r for name, r in (await coordinator.health()).items() if name in names]
         return {
             "status": "running" if all(r["ready"] for r in reports) else "starting",
             "live": all(r["live"] for r in reports),
@@ -106,7 +109,7 @@ def pipeline_ops_server(settings: Settings, services: list[RunnableService]) -> 
         }
 
     def registries() -> list[CollectorRegistry]:
-        return [r for o in orchestrators for r in o.registries()]
+        return [r for s in services for r in s.orchestrator.registries()]
 
     obs = settings.observability
     return OpsServer(health, registries, host=obs.http_host, port=obs.http_port)
@@ -123,6 +126,7 @@ class Pipeline:
     engine: TradingEngineService
     chaos_sent: int = 0
     dedup_keys: int | None = None
+    started_at: float = 0.0
 
     @classmethod
     def build(cls, settings: Settings, tick_rate: float) -> Pipeline:
@@ -286,22 +290,17 @@ async def housekeeping(pipeline: Pipeline, settings: Settings, stop: asyncio.Eve
 async def _run_started(
     pipeline: Pipeline,
     settings: Settings,
-    stop: asyncio.Event,
-    ops: OpsServer | None,
     duration_s: float,
     live: bool,
     chaos: bool,
     console: Console,
-) -> float:
-    """Run the started pipeline until the end, then stop it; returns when it started."""
-    started = time.monotonic()
-    tasks: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
+) -> None:
+    """Show the started pipeline until the end, a service's exit request, or cancellation."""
+    pipeline.started_at = time.monotonic()
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[object]] = [asyncio.create_task(exit_requested(pipeline.services))]
     if duration_s > 0:
         tasks.append(asyncio.create_task(asyncio.sleep(duration_s)))
-    tasks.extend(
-        asyncio.create_task(s.orchestrator.coordinator.wait_stop_requested())
-        for s in pipeline.services
-    )
     helpers = [asyncio.create_task(housekeeping(pipeline, settings, stop))]
     if chaos:
         helpers.append(asyncio.create_task(chaos_monkey(pipeline, settings, stop)))
@@ -309,13 +308,11 @@ async def _run_started(
         pipeline.validator.publisher = flaky  # type: ignore[assignment]
     window = RateWindow()
     try:
-        if ops is not None:
-            await ops.start()
         if live:
             with Live(console=console, refresh_per_second=4, transient=True) as view:
                 while not any(t.done() for t in tasks):
                     counts = pipeline.counts()
-                    elapsed = time.monotonic() - started
+                    elapsed = time.monotonic() - pipeline.started_at
                     frame = pipeline.view(settings, counts, window.add(counts), elapsed, chaos)
                     view.update(render(frame))
                     await asyncio.wait(tasks, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
@@ -326,10 +323,6 @@ async def _run_started(
         await asyncio.gather(*helpers, return_exceptions=True)
         for task in tasks:
             task.cancel()
-        if ops is not None:
-            await ops.stop()
-        await stop_all(pipeline.services)
-    return started
 
 
 async def run_demo(
@@ -341,24 +334,22 @@ async def run_demo(
     chaos: bool,
     console: Console,
 ) -> int:
-    """Run the pipeline for ``duration_s`` (0: until a signal); returns the exit code."""
+    """Run the pipeline for ``duration_s`` (0: until a signal); returns the exit code.
+
+    The services (and the pipeline's ops endpoint) run on one lifecycle
+    coordinator: it starts them in order, stops them on a signal, and its
+    health report is what the endpoint serves.
+    """
     ops_wanted = settings.observability.http_enabled
     settings = demo_settings(settings)
     pipeline = Pipeline.build(settings, tick_rate)
-    ops = pipeline_ops_server(settings, pipeline.services) if ops_wanted else None
-    stop = asyncio.Event()
-    installed = install_stop_signals(stop)
-    try:
-        await start_all(pipeline.services)
-        started = await _run_started(
-            pipeline, settings, stop, ops, duration_s, live, chaos, console
-        )
-    finally:
-        loop = asyncio.get_running_loop()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    coordinator = services_coordinator("demo", pipeline.services)
+    if ops_wanted:
+        ops = pipeline_ops_server(settings, pipeline.services, coordinator)
+        coordinator.register("ops", ops, Stage.ENDPOINTS)
+    await serve(coordinator, _run_started(pipeline, settings, duration_s, live, chaos, console))
     counts = pipeline.counts()
-    elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - pipeline.started_at
     rates = {k: v / max(elapsed, 1e-9) for k, v in counts.items()}
     console.print(render(pipeline.view(settings, counts, rates, elapsed, chaos), final=True))
-    return max(s.orchestrator.coordinator.exit_code for s in pipeline.services)
+    return exit_code(coordinator, pipeline.services)

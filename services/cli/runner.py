@@ -1,21 +1,26 @@
-"""Run one service (or several) until SIGTERM/SIGINT, then stop them gracefully."""
+"""Run services on one lifecycle coordinator until SIGTERM/SIGINT, then stop them.
+
+The coordinator starts the services in order (undoing the started ones when one
+fails), serves until a signal or until a service asks to exit (its
+``exit_on_unhealthy``), stops them in reverse order, and reports their health.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
-import logging
-import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 from core.streaming.errors import BrokerUnavailableError, RedisUnavailableError
-from core.streaming.orchestration.lifecycle_coordinator import ComponentStartError
+from core.streaming.orchestration.lifecycle_coordinator import (
+    ComponentStartError,
+    LifecycleCoordinator,
+    Stage,
+)
 from services.common.history import StateRestoreError
 from services.registry import RunnableService
 
-logger = logging.getLogger(__name__)
-
+#: Causes of a failed start that are reported as such, not as a crash.
 STARTUP_ERRORS = (
     ComponentStartError,
     BrokerUnavailableError,
@@ -28,66 +33,70 @@ class StartupFailedError(RuntimeError):
     """A service could not start; what was started has been stopped again."""
 
 
-async def start_all(services: Sequence[RunnableService]) -> None:
-    """Start services in order; on failure stop the ones started and raise."""
-    started: list[RunnableService] = []
+class _ServiceComponent:
+    """A runnable service as a coordinator component: its health is its orchestrator's."""
+
+    def __init__(self, service: RunnableService) -> None:
+        self.service = service
+
+    async def start(self) -> None:
+        await self.service.start()
+
+    async def stop(self) -> None:
+        await self.service.stop()
+
+    async def health(self) -> dict[str, Any]:
+        return await self.service.orchestrator.health()
+
+
+def services_coordinator(name: str, services: Sequence[RunnableService]) -> LifecycleCoordinator:
+    """A coordinator over ``services``, started in the order given.
+
+    A service bounds its own start and stop (connection and drain timeouts),
+    so the coordinator waits for each as long as it takes.
+    """
+    coordinator = LifecycleCoordinator(name)
+    for service in services:
+        coordinator.register(
+            service.orchestrator.service_name,
+            _ServiceComponent(service),
+            Stage.LOOPS,
+            start_timeout_s=None,
+            stop_timeout_s=None,
+        )
+    return coordinator
+
+
+async def exit_requested(services: Sequence[RunnableService]) -> None:
+    """Return when any service asks to exit (``exit_on_unhealthy``)."""
+    waiters = [
+        asyncio.ensure_future(s.orchestrator.coordinator.wait_stop_requested()) for s in services
+    ]
     try:
-        for service in services:
-            await service.start()
-            started.append(service)
-    except STARTUP_ERRORS as exc:
-        await stop_all(started)
-        raise StartupFailedError(str(exc)) from exc
-    except BaseException:
-        await stop_all(started)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def exit_code(coordinator: LifecycleCoordinator, services: Sequence[RunnableService]) -> int:
+    """0 after a signal or the end; non-zero when a service asked to exit."""
+    codes = [s.orchestrator.coordinator.exit_code for s in services]
+    return max([coordinator.exit_code, *codes])
+
+
+async def serve(coordinator: LifecycleCoordinator, until: Awaitable[Any]) -> int:
+    """``coordinator.serve(until)``, a failed start raised as :class:`StartupFailedError`."""
+    try:
+        return await coordinator.serve(until)
+    except ComponentStartError as exc:
+        if isinstance(exc.cause, STARTUP_ERRORS):
+            raise StartupFailedError(str(exc)) from exc
         raise
 
 
-async def stop_all(services: Sequence[RunnableService]) -> None:
-    """Stop services in reverse order; one failing stop does not skip the others."""
-    for service in reversed(services):
-        try:
-            await service.stop()
-        except Exception:
-            logger.exception("stopping %s failed", service.orchestrator.service_name)
-
-
-def install_stop_signals(stop: asyncio.Event) -> list[signal.Signals]:
-    """Set ``stop`` on SIGTERM and SIGINT; returns the signals handled."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    return installed
-
-
 async def run_until_stopped(services: Sequence[RunnableService]) -> int:
-    """Start, wait for a signal or an unhealthy service that asks to exit, stop.
-
-    Returns the process exit code: 0 after a signal, non-zero when a service
-    asked to exit (``exit_on_unhealthy``).
-    """
-    stop = asyncio.Event()
-    installed = install_stop_signals(stop)
-    try:
-        await start_all(services)
-        # Start-up objects live as long as the process: keep the collector off them.
-        gc.collect()
-        gc.freeze()
-        waiters = [asyncio.ensure_future(stop.wait())] + [
-            asyncio.ensure_future(s.orchestrator.coordinator.wait_stop_requested())
-            for s in services
-        ]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        await stop_all(services)
-        return max((s.orchestrator.coordinator.exit_code for s in services), default=0)
-    finally:
-        loop = asyncio.get_running_loop()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    """Start, wait for a signal or a service that asks to exit, stop; the exit code."""
+    coordinator = services_coordinator("services", services)
+    await serve(coordinator, exit_requested(services))
+    return exit_code(coordinator, services)

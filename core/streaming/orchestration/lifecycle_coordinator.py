@@ -10,6 +10,7 @@ error (naming the component and the cause) is raised.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import signal
@@ -54,8 +55,8 @@ class _Entry:
     name: str
     component: Component
     stage: Stage
-    start_timeout_s: float
-    stop_timeout_s: float
+    start_timeout_s: float | None
+    stop_timeout_s: float | None
     started: bool = False
 
 
@@ -75,10 +76,10 @@ class LifecycleCoordinator:
         component: Component,
         stage: Stage,
         *,
-        start_timeout_s: float = 60.0,
-        stop_timeout_s: float = 60.0,
+        start_timeout_s: float | None = 60.0,
+        stop_timeout_s: float | None = 60.0,
     ) -> None:
-        """Add a component; names must be unique."""
+        """Add a component; names must be unique. A ``None`` timeout waits without a limit."""
         if any(e.name == name for e in self._entries):
             raise ValueError(f"component {name!r} is already registered")
         self._entries.append(_Entry(name, component, stage, start_timeout_s, stop_timeout_s))
@@ -161,8 +162,13 @@ class LifecycleCoordinator:
     async def serve(
         self, until: Awaitable[Any] | None = None, *, install_signal_handlers: bool = True
     ) -> int:
-        """Start, run until SIGTERM/SIGINT (or ``until`` completes), stop; returns exit code."""
-        await self.start()
+        """Start, run until SIGTERM/SIGINT (or ``until`` completes), stop; returns exit code.
+
+        Signals are handled from before the start: one that arrives while
+        components start stops them once they are up. Objects made during the
+        start live as long as the process, so they are moved out of the garbage
+        collector's way (``gc.freeze``) before serving.
+        """
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         if install_signal_handlers:
@@ -172,14 +178,20 @@ class LifecycleCoordinator:
                     installed.append(sig)
                 except (NotImplementedError, RuntimeError):
                     pass
-        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop_requested.wait())]
-        if until is not None:
-            waiters.append(asyncio.ensure_future(until))
+        waiters: list[asyncio.Future[Any]] = []
         try:
+            await self.start()
+            gc.collect()
+            gc.freeze()
+            waiters.append(asyncio.ensure_future(self._stop_requested.wait()))
+            if until is not None:
+                waiters.append(asyncio.ensure_future(until))
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
+            if not waiters and inspect.iscoroutine(until):
+                until.close()  # the start failed: it never ran
             await self.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
