@@ -23,6 +23,7 @@
 #   INFRA_DIR                       default <repo>/.infra
 #   KAFKA_LIBS_DIR                  jar cache shared with scripts/kafka.sh
 #   KAFKA_START_TIMEOUT             seconds to wait for the cluster, default 120
+#   KAFKA_STOP_TIMEOUT              seconds a broker may take to stop before KILL, default 30
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -177,7 +178,7 @@ stop() {
     if pid_alive "$(pidfile "$n")"; then kill -TERM "$(cat "$(pidfile "$n")")" 2>/dev/null || true; fi
   done
   for n in 1 2 3; do
-    stop_pid "$(pidfile "$n")" 30
+    stop_pid "$(pidfile "$n")" "${KAFKA_STOP_TIMEOUT:-30}"
   done
   rm -rf "$CDIR"
 }

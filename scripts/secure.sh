@@ -25,7 +25,7 @@
 #   SECURE_KAFKA_PORT (49201), SECURE_KAFKA_CONTROLLER_PORT (49202),
 #   SECURE_REDIS_PORT (49205), SECURE_REDIS_TLS_PORT (49206), SECURE_DIR,
 #   INFRA_DIR, KAFKA_LIBS_DIR (jar cache shared with scripts/kafka.sh),
-#   KAFKA_START_TIMEOUT (90)
+#   KAFKA_START_TIMEOUT (90), KAFKA_STOP_TIMEOUT (seconds before KILL at stop, 30)
 #
 # The broker authenticates clients but has no authorizer: every authenticated
 # user may use every topic.
@@ -265,7 +265,7 @@ env_out() {
 stop_all() {
   local rpid=""
   pid_alive "$RPID" && rpid="$(cat "$RPID")"
-  stop_pid "$KPID" 30
+  stop_pid "$KPID" "${KAFKA_STOP_TIMEOUT:-30}"
   if [ -n "$rpid" ]; then
     kill -TERM "$rpid" 2>/dev/null || true
     local i

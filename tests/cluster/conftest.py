@@ -1,6 +1,7 @@
 """A 3-broker KRaft Kafka cluster and a 3-master Redis Cluster for the cluster tests.
 
-Each is started once per session by the project's scripts
+Each is started once per test module that uses it (and stopped after it, to
+give the machine back) by the project's scripts
 (``scripts/kafka-cluster.sh``, ``scripts/redis-cluster.sh``) on free loopback
 ports with a state directory of its own, when the suite runs under
 ``scripts/test.sh`` (``TRADESTREAM_TEST_INFRA``); skipped otherwise.
@@ -73,7 +74,7 @@ def _need_infra() -> None:
         pytest.skip("TRADESTREAM_TEST_INFRA is not set; run the suite with `bash scripts/test.sh`")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClusterInfra]:
     _need_infra()
     if shutil.which("java") is None:
@@ -83,6 +84,8 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
     env = {
         **os.environ,
         "INFRA_DIR": str(state),
+        # Throwaway data: no controlled shutdown needed at the end of the session.
+        "KAFKA_STOP_TIMEOUT": "3",
         "KAFKA_CLUSTER_DIR": str(state / "cluster"),
         "KAFKA_CLUSTER_PORTS": ",".join(map(str, ports[:3])),
         "KAFKA_CLUSTER_CONTROLLER_PORTS": ",".join(map(str, ports[3:])),
@@ -103,7 +106,7 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaClu
         cluster.run("stop")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterInfra]:
     _need_infra()
     if shutil.which("redis-server") is None:

@@ -155,17 +155,17 @@ async def outputs(harness: StreamTestHarness, namespaces: list[str], main: str) 
                 )
     dead = []
     for letter in await harness.read_dead_letters(TopicMap(main).signals_validated()):
-        h = letter.headers
+        h = letter.header
         dead.append(
             (
                 repr(letter.key),
                 repr(letter.value),
-                str(h.get("dlq.exception.type")),
-                str(h.get("dlq.attempts")),
-                _relative(str(h.get("dlq.original.topic")), main),
-                str(h.get("dlq.original.partition")),
-                str(h.get("dlq.original.offset")),
-                str(h.get("dlq.consumer.group")).replace(main, "<ns>"),
+                str(h("dlq.exception.type")),
+                str(h("dlq.attempts")),
+                _relative(str(h("dlq.original.topic")), main),
+                str(h("dlq.original.partition")),
+                str(h("dlq.original.offset")),
+                str(h("dlq.consumer.group")).replace(main, "<ns>"),
             )
         )
     return Outputs(sorted(events), sorted(dead))

@@ -120,6 +120,8 @@ def secure_infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureInf
     env = {
         **os.environ,
         "INFRA_DIR": str(state),
+        # Throwaway data: no controlled shutdown needed at the end of the session.
+        "KAFKA_STOP_TIMEOUT": "3",
         "SECURE_DIR": str(state / "secure"),
         "SECURE_KAFKA_PORT": str(ports[0]),
         "SECURE_KAFKA_CONTROLLER_PORT": str(ports[1]),

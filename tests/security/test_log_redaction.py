@@ -20,11 +20,12 @@ SECRET = "s3cr3t-Pa55word-for-tests"
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    root, aiokafka = logging.getLogger(), logging.getLogger("aiokafka")
+    handlers, level, aiokafka_level = root.handlers[:], root.level, aiokafka.level
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    aiokafka.setLevel(aiokafka_level)  # left at DEBUG, it would slow every later test
     structlog.reset_defaults()
 
 

@@ -2,7 +2,9 @@
 
 The last test pauses a real (private) Kafka broker with SIGSTOP, the stall the
 liveness split is for: liveness keeps answering at once, readiness turns 503
-within its bound, and both recover when the broker continues.
+within its bound, and both recover when the broker continues. (A broker of its
+own: a paused broker takes a while to serve groups again, which would upset the
+tests that share the secured one.)
 """
 
 from __future__ import annotations
