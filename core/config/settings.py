@@ -26,6 +26,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 DedupFailurePolicy = Literal["fail_open", "fail_closed"]
 OrderingMode = Literal["partition", "key", "unordered"]
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 LogFormat = Literal["json", "console"]
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
@@ -185,6 +186,8 @@ class ReliabilitySettings(BaseModel):
     handler_timeout_s: float | None = Field(default=None, gt=0)
     max_loop_restarts: int = Field(default=5, ge=0)
     exit_on_unhealthy: bool = False
+    processing_guarantee: ProcessingGuarantee = "at_least_once"
+    transaction_timeout_ms: int = Field(default=60_000, gt=0)
 
 
 class ObservabilitySettings(BaseModel):

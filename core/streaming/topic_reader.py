@@ -23,15 +23,24 @@ async def _caught_up(consumer: ConsumerClient, ends: dict[TopicPartition, int]) 
 
 
 async def read_topic(
-    config: RedpandaSettings, topic: str, *, timeout_s: float = 15.0
+    config: RedpandaSettings,
+    topic: str,
+    *,
+    timeout_s: float = 15.0,
+    isolation_level: str = "read_committed",
 ) -> list[FetchedRecord]:
     """Every record of ``topic`` up to its end when reading started, by partition and offset.
 
-    Uses a throwaway consumer group and never commits. Raises ``TimeoutError``
+    Uses a throwaway consumer group and never commits. By default only committed
+    records are read (records of open or aborted transactions are not);
+    ``isolation_level="read_uncommitted"`` reads them too. Raises ``TimeoutError``
     when the end is not reached within ``timeout_s``.
     """
     consumer = create_consumer(
-        config, [topic], f"tradestream-reader-{uuid4().hex[:10]}", ConsumerOptions("earliest")
+        config,
+        [topic],
+        f"tradestream-reader-{uuid4().hex[:10]}",
+        ConsumerOptions("earliest", isolation_level=isolation_level),
     )
     await consumer.start()
     records: list[FetchedRecord] = []

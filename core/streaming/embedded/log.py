@@ -177,9 +177,7 @@ class PartitionLog:
         if state is None:
             return records
         end = state.last_stable_offset(self.end_offset) if committed else self.end_offset
-        return [
-            r for r in records if r.offset < end and state.visible(r.offset, bool(committed))
-        ]
+        return [r for r in records if r.offset < end and state.visible(r.offset, bool(committed))]
 
     def _trim(self, count: int) -> None:
         self._head += count

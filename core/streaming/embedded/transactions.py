@@ -198,5 +198,3 @@ def _state_of(log: PartitionLog) -> PartitionTxnState:
     if log.txn is None:
         log.txn = PartitionTxnState()
     return log.txn
-
-

@@ -26,6 +26,7 @@ from core.streaming.types import TopicPartition
 logger = logging.getLogger(__name__)
 
 RevocationHook = Callable[[set[TopicPartition]], Awaitable[None]]
+AssignmentHook = Callable[[set[TopicPartition]], Awaitable[None]]
 CommitListener = Callable[[dict[TopicPartition, int]], None]
 
 
@@ -65,6 +66,7 @@ class MessageConsumer:
         self._last_commit = time.monotonic()
         self._commit_lock = asyncio.Lock()
         self._revocation_hook: RevocationHook | None = None
+        self._assignment_hook: AssignmentHook | None = None
         self._commit_listeners: list[CommitListener] = []
         self._assigned_event = asyncio.Event()
         self._joined = False
@@ -120,6 +122,10 @@ class MessageConsumer:
     def set_revocation_hook(self, hook: RevocationHook | None) -> None:
         """Awaited on revocation, before the revoked partitions' state is dropped."""
         self._revocation_hook = hook
+
+    def set_assignment_hook(self, hook: AssignmentHook | None) -> None:
+        """Awaited after newly assigned partitions got their bookkeeping."""
+        self._assignment_hook = hook
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Called with the offsets after every successful commit."""
@@ -191,15 +197,19 @@ class MessageConsumer:
             return
         async with self._commit_lock:
             await self._client.commit(offsets)
-            for tp, position in offsets.items():
-                state = self._offsets.get(tp)
-                if state is not None:
-                    state.committed = position
-            self.commits += 1
-            self._finished_since_commit = 0
-            self._last_commit = time.monotonic()
-            for listener in self._commit_listeners:
-                listener(dict(offsets))
+            self.record_committed(offsets)
+
+    def record_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Note offsets committed (by ``commit_offsets`` or inside a transaction)."""
+        for tp, position in offsets.items():
+            state = self._offsets.get(tp)
+            if state is not None:
+                state.committed = position
+        self.commits += 1
+        self._finished_since_commit = 0
+        self._last_commit = time.monotonic()
+        for listener in self._commit_listeners:
+            listener(dict(offsets))
 
     async def commit(self, message: ConsumedMessage | None = None) -> None:
         """Standalone use: mark ``message`` finished and commit when the policy says so.
@@ -256,6 +266,35 @@ class MessageConsumer:
                 self._client.seek(tp, position)
                 positions[tp] = position
         return positions
+
+    def is_current(self, message: ConsumedMessage) -> bool:
+        """False for a message of an assignment or a rewind that has since been replaced."""
+        record = message.record
+        state = self._offsets.get(TopicPartition(record.topic, record.partition))
+        return state is not None and state.generation == message.generation
+
+    async def restart_from_committed(self, partitions: set[TopicPartition]) -> None:
+        """Fetch ``partitions`` again from the group's committed offsets, forgetting what
+        was fetched of them so far.
+
+        An exactly-once flow calls it once a partition's producer has fenced the
+        previous owner: only then is the committed offset stable.
+        """
+        client = self._client
+        if client is None:
+            return
+        self._epoch += 1
+        assigned = client.assignment()
+        for tp in partitions:
+            if tp not in assigned:
+                continue
+            old = self._offsets.get(tp)
+            committed = await client.committed(tp)
+            if committed is None and old is not None:
+                committed = old.committed  # where this assignment started fetching
+            if committed is not None:
+                client.seek(tp, committed)
+            self._offsets[tp] = PartitionOffsets(self._epoch, committed=committed)
 
     def group_generation_of(self, tp: TopicPartition) -> int:
         """The group generation in which this member was given ``tp`` (-1 if unknown)."""
@@ -352,5 +391,7 @@ class MessageConsumer:
             if tp not in self._offsets:
                 self._offsets[tp] = PartitionOffsets(self._epoch)
             self._group_generations[tp] = generation
+        if assigned and self._assignment_hook is not None:
+            await self._assignment_hook(assigned)
         if assigned:
             self._assigned_event.set()

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config.settings import RedpandaSettings, ReliabilitySettings, Settings
-from core.streaming.clients import Redis
+from core.streaming.clients import ConsumerOptions, Redis
 from core.streaming.infrastructure.connection_manager import ConnectionManager
 from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.infrastructure.offset_tracker import CommitPolicy
+from core.streaming.infrastructure.transactions import PartitionTransactions
 from core.streaming.orchestration.consumer_flow import FlowOptions
 from core.streaming.orchestration.dispatcher import OrderingMode
 from core.streaming.orchestration.ops_server import OpsServer
@@ -54,6 +55,8 @@ class FlowOverrides:
     dedup_key: DedupKey | None = None
     handler_timeout_s: float | None = None
     steps: tuple[Step, ...] = ()
+    processing_guarantee: str | None = None
+    isolation_level: str = "read_committed"
 
 
 @dataclass
@@ -147,13 +150,17 @@ class StreamServiceBuilder:
 
         Keyword overrides are the fields of :class:`FlowOverrides` (``dedup``,
         ``dedup_key``, ``retry_attempts``, ``dead_letter_topic``, ``ordering``,
-        ``concurrency``, ``commit_policy``, ``handler_timeout_s``, ``steps``, ...).
+        ``concurrency``, ``commit_policy``, ``handler_timeout_s``, ``steps``,
+        ``processing_guarantee``, ...).
+
+        ``processing_guarantee="exactly_once"`` commits the handler's sends (through
+        the service's producers), its dead letters and the input offsets in one Kafka
+        transaction per input partition and checkpoint; it needs
+        ``ordering="partition"`` and a per-event handler.
         """
         if isinstance(topics, str):
             topics = [topics]
-        self._flows.append(
-            _FlowSpec(list(topics), group_id, handler_func, _overrides(overrides))
-        )
+        self._flows.append(_FlowSpec(list(topics), group_id, handler_func, _overrides(overrides)))
         return self
 
     def add_batch_handler(
@@ -245,6 +252,7 @@ class StreamServiceBuilder:
                     f"({flow_rel.revocation_timeout_s:g} s) must be at most half of the "
                     f"consumer's rebalance_timeout_ms ({self.config.rebalance_timeout_ms} ms)"
                 )
+            exactly_once = self._exactly_once(spec, flow_rel)
             consumer = MessageConsumer(
                 self.config,
                 spec.topics,
@@ -255,6 +263,11 @@ class StreamServiceBuilder:
                 ),
                 auto_offset_reset=spec.overrides.auto_offset_reset,
                 commit_timeout_s=flow_rel.stop_timeout_s,
+                options=ConsumerOptions(
+                    isolation_level="read_committed"
+                    if exactly_once
+                    else spec.overrides.isolation_level
+                ),
             )
             error_handler = spec.overrides.error_handler or self._error_handler
             if error_handler is None:
@@ -293,6 +306,14 @@ class StreamServiceBuilder:
                 dedup_key=spec.overrides.dedup_key,
                 handler_timeout_s=spec.overrides.handler_timeout_s or flow_rel.handler_timeout_s,
                 batch_handler=spec.batch_handler,
+                transactions=PartitionTransactions(
+                    self.config,
+                    spec.group_id,
+                    transaction_timeout_ms=flow_rel.transaction_timeout_ms,
+                    close_timeout_s=flow_rel.stop_timeout_s,
+                )
+                if exactly_once
+                else None,
             )
             orchestrator.add_consumer_flow(
                 consumer,
@@ -332,6 +353,36 @@ class StreamServiceBuilder:
         wanted = self._use_redis if spec.overrides.dedup is None else spec.overrides.dedup
         return wanted and self._flow_settings(spec, rel).dedup_enabled
 
+    def _exactly_once(self, spec: _FlowSpec, flow_rel: ReliabilitySettings) -> bool:
+        """Whether the flow runs exactly-once; refuses what exactly-once cannot keep."""
+        if flow_rel.processing_guarantee != "exactly_once":
+            return False
+        problems = []
+        if flow_rel.ordering != "partition":
+            problems.append(
+                f"ordering={flow_rel.ordering!r}: a partition's transaction commits between "
+                "runs of its one lane, so exactly-once needs ordering='partition'"
+            )
+        if spec.batch_handler is not None:
+            problems.append("a batch handler cannot tell which event a failed send belonged to")
+        if spec.overrides.commit_policy is not None and spec.overrides.commit_policy.per_message:
+            interval = 0
+        else:
+            interval = (
+                spec.overrides.commit_policy
+                or CommitPolicy(interval_ms=flow_rel.commit_interval_ms)
+            ).interval_ms
+        if interval * 2 > flow_rel.transaction_timeout_ms:
+            problems.append(
+                f"the commit interval ({interval} ms) must be at most half of "
+                f"transaction_timeout_ms ({flow_rel.transaction_timeout_ms} ms)"
+            )
+        if problems:
+            raise ValueError(
+                f"flow {spec.group_id} cannot run exactly_once: " + "; ".join(problems)
+            )
+        return True
+
     def _dead_letters_on(self, spec: _FlowSpec, rel: ReliabilitySettings) -> bool:
         return (
             spec.overrides.dead_letters
@@ -350,6 +401,7 @@ class StreamServiceBuilder:
             ("ordering", o.ordering),
             ("default_concurrency", o.concurrency),
             ("max_in_flight", o.max_in_flight),
+            ("processing_guarantee", o.processing_guarantee),
         ):
             if value is not None:
                 update[field_name] = value
@@ -362,6 +414,11 @@ def _overrides(values: dict[str, Any]) -> FlowOverrides:
     if steps is not None:
         values = {**values, "steps": tuple(steps)}
     overrides = FlowOverrides(**values)
+    if overrides.processing_guarantee not in (None, "at_least_once", "exactly_once"):
+        raise ValueError(
+            "processing_guarantee must be 'at_least_once' or 'exactly_once', "
+            f"got {overrides.processing_guarantee!r}"
+        )
     if overrides.ordering == "partition" and (overrides.concurrency or 1) > 1:
         raise ValueError(
             "ordering='partition' runs one lane per partition; for concurrency within a "

@@ -1,0 +1,66 @@
+"""The step of an exactly-once flow: a run of one partition inside that partition's transaction.
+
+It sits outside the retry/dead-letter step, so dead letters (and retry-topic
+forwards) of the run go into the same transaction as the handlers' outputs. It
+holds the partition's transaction lock for the run, so the checkpoint commits
+only between runs, and routes every send of the run into the transaction. Its
+``message_scope`` voids the records of a handler attempt that failed, so a retry
+does not commit them twice.
+
+Messages fetched before this member owned the partition's transaction (the
+assignment rewinds the partition once its producer fenced the previous owner),
+and messages of a partition whose producer was fenced, are left unrun: they are
+never committed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from core.streaming.infrastructure.consumed_message import ConsumedMessage
+from core.streaming.infrastructure.transactions import (
+    PartitionTransactions,
+    current_transaction,
+    route_to,
+    stop_routing,
+)
+from core.streaming.reliability.steps import Batch, Next
+
+
+class TransactionStep:
+    """Runs each run of an exactly-once flow inside its partition's transaction."""
+
+    def __init__(
+        self, transactions: PartitionTransactions, is_current: Callable[[ConsumedMessage], bool]
+    ) -> None:
+        self.transactions = transactions
+        self.is_current = is_current
+
+    async def __call__(self, batch: Batch, call_next: Next) -> None:
+        tp = batch[0].topic_partition
+        ptx = self.transactions.get(tp)
+        if ptx is None:
+            return  # not ours (yet, or any more): the run stays unrun and uncommitted
+        runnable = [m for m in batch if self.is_current(m)]
+        if not runnable:
+            return
+        async with ptx.lock:
+            token = route_to(ptx)
+            try:
+                await call_next(runnable)
+            finally:
+                stop_routing(token)
+                if ptx.fenced is not None:
+                    self.transactions.note_fenced(ptx)
+
+    @contextmanager
+    def message_scope(self, message: ConsumedMessage) -> Iterator[None]:
+        """Around one handler call: a failed attempt's records leave the transaction."""
+        try:
+            yield
+        except BaseException:
+            ptx = current_transaction()
+            if ptx is not None:
+                ptx.void(message.offset)
+            raise
