@@ -132,9 +132,12 @@ class KafkaTransactionalProducerClient(KafkaProducerClient):
             await self._producer.abort_transaction()
 
     async def stop(self) -> None:
-        # A fenced producer's sender task ended with the fencing error; stop anyway.
-        with contextlib.suppress(*_FENCED):
+        # A fenced producer's sender task ended with the fencing error, which aiokafka's
+        # stop re-raises before it closes the connections: close them here.
+        try:
             await super().stop()
+        except _FENCED:
+            await self._producer.client.close()
         _retrieve(self._producer)
 
 
