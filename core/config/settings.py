@@ -10,12 +10,13 @@ Use :func:`load_settings` at start-up: it turns validation failures into one
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "TRADESTREAM_"
 ENV_NESTED_DELIMITER = "__"
@@ -188,6 +189,27 @@ class ReliabilitySettings(BaseModel):
     exit_on_unhealthy: bool = False
     processing_guarantee: ProcessingGuarantee = "at_least_once"
     transaction_timeout_ms: int = Field(default=60_000, gt=0)
+    retry_topics: Annotated[list[float], NoDecode] = Field(default_factory=list)
+
+    @field_validator("retry_topics", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: Any) -> Any:
+        # From the environment: "[1, 10, 60]" or "1,10,60" (seconds).
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return []
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",")]
+        return value
+
+    @field_validator("retry_topics")
+    @classmethod
+    def _positive_delays(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every retry topic delay must be positive (seconds)")
+        return value
 
 
 class ObservabilitySettings(BaseModel):

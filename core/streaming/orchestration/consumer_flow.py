@@ -347,6 +347,7 @@ class ConsumerFlow:
             "waiting_on_claims": dedup.waiting if dedup is not None else 0,
             "dedup_store_failing": dedup.store_failing if dedup is not None else False,
             "dead_letter_blocked": layer.error_handler.dead_letter_blocked,
+            "error_handling": layer.error_handler.health(),
             "checkpoint_error": self.checkpoint.last_error,
             "outage": self.outage,
             **(

@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from core.streaming.infrastructure.closing import raise_if_cancelled
-from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
+from core.streaming.infrastructure.consumed_message import LEFT_FLOW, ConsumedMessage, Outcome
 from core.streaming.reliability.deduplication_manager import (
     ClaimResult,
     DeduplicationManager,
@@ -184,7 +184,7 @@ class DedupStep:
             if end < len(batch):
                 await self._wait_for_claim(batch[end])
             start = end
-        await self.release([m for m in batch if m.outcome is Outcome.DEAD_LETTERED])
+        await self.release([m for m in batch if m.outcome in LEFT_FLOW])
 
     def _must_wait(self, message: ConsumedMessage) -> bool:
         claim = message.claim
