@@ -321,6 +321,10 @@ class Settings(BaseSettings):
                 return overrides
         return {}
 
+    def reliability_fields_set(self, service_name: str) -> set[str]:
+        """Reliability fields given explicitly (for all services, or for this one)."""
+        return set(self.reliability.model_fields_set) | set(self._overrides_of(service_name))
+
     def reliability_for(self, service_name: str) -> ReliabilitySettings:
         """The reliability settings of one service: defaults plus its overrides.
 

@@ -52,6 +52,7 @@ class StreamServiceBuilder:
         self._use_redis = False
         self._error_handler: ErrorHandler | None = None
         self._retry: dict[str, int] = {}
+        self._defaults: dict[str, Any] = {}
         self._metrics_collector: MetricsCollector | None = None
         self._flows: list[FlowSpec] = []
         self._want_producer = False
@@ -85,6 +86,17 @@ class StreamServiceBuilder:
         ):
             if value is not None:
                 self._retry[name] = value
+        return self
+
+    def with_reliability_defaults(self, **fields: Any) -> StreamServiceBuilder:
+        """This service's own defaults for reliability settings, under the environment.
+
+        ``with_reliability_defaults(processing_guarantee="exactly_once")`` makes a
+        service exactly-once unless ``TRADESTREAM_RELIABILITY__PROCESSING_GUARANTEE``
+        or ``TRADESTREAM_SERVICES__<service>__PROCESSING_GUARANTEE`` says otherwise.
+        """
+        ReliabilitySettings.model_validate(fields)  # refuses unknown fields and bad values
+        self._defaults.update(fields)
         return self
 
     def with_metrics(
@@ -169,6 +181,10 @@ class StreamServiceBuilder:
     def reliability(self) -> ReliabilitySettings:
         """The service's reliability settings: settings, per-service env overrides, builder."""
         base = self.settings.reliability_for(self.service_name)
+        if self._defaults:
+            explicit = self.settings.reliability_fields_set(self.service_name)
+            update = {k: v for k, v in self._defaults.items() if k not in explicit}
+            base = ReliabilitySettings.model_validate(base.model_dump() | update)
         return base.model_copy(update=self._retry) if self._retry else base
 
     def build(self) -> ServiceOrchestrator:
