@@ -64,6 +64,7 @@ class PartitionTransaction:
         self.fenced: ProducerFencedError | None = None
         self.commits = 0
         self.aborts = 0
+        self.reported = False  # fencing counted and logged
 
     @property
     def transactional_id(self) -> str:

@@ -66,12 +66,16 @@ class PartitionTransactions:
         self.opened_total = 0
         self.last_error: str | None = None
         self._restart: Restart | None = None
+        self._assignment: Callable[[], set[TopicPartition]] = set
         self._starting: set[TopicPartition] = set()
         self._retry: asyncio.Task[None] | None = None
+        self._reclaims: set[asyncio.Task[None]] = set()
 
-    def set_restart(self, restart: Restart) -> None:
-        """How to fetch partitions again from their committed offsets once they are ours."""
+    def set_restart(self, restart: Restart, assignment: Callable[[], set[TopicPartition]]) -> None:
+        """How to fetch partitions again from their committed offsets once they are ours,
+        and which partitions the group gives this member now."""
         self._restart = restart
+        self._assignment = assignment
 
     async def assign(self, partitions: set[TopicPartition]) -> None:
         """Take newly assigned partitions over: fence their previous owners, then have
@@ -174,23 +178,55 @@ class PartitionTransactions:
         """Abort and stop the producers of ``partitions`` (all if None)."""
         chosen = list(self._partitions) if partitions is None else list(partitions)
         self._starting -= set(chosen) if partitions is not None else self._starting
-        if partitions is None and self._retry is not None:
-            self._retry.cancel()
+        if partitions is None:
+            if self._retry is not None:
+                self._retry.cancel()
+            for task in self._reclaims:
+                task.cancel()
         closing = [self._partitions.pop(tp) for tp in chosen if tp in self._partitions]
         await asyncio.gather(*(p.close(self.close_timeout_s) for p in closing))
 
     def note_fenced(self, ptx: PartitionTransaction) -> None:
-        """Count and log a fenced partition (the zombie stops working on it)."""
+        """Count and log a fenced partition (the zombie stops working on it).
+
+        Normally the group takes the partition away soon after. If it is still this
+        member's after twice the session timeout, the fencing came from the broker
+        aborting a transaction open past ``transaction_timeout_ms``, not from a new
+        owner: the partition gets a new producer and is fetched again from its commit.
+        """
+        if ptx.reported:
+            return
+        ptx.reported = True
+        task = asyncio.create_task(self._reclaim(ptx), name=f"reclaim-{ptx.transactional_id}")
+        self._reclaims.add(task)
+        task.add_done_callback(self._reclaims.discard)
         self.fenced_total += 1
         self.last_error = f"ProducerFencedError: {ptx.fenced}"
         logger.warning(
-            "group %s: %s[%d] was taken over by a newer producer (%s); this member stops "
+            "group %s: %s[%d]: producer %s was fenced (a newer owner took the partition "
+            "over, or a transaction outlived transaction_timeout_ms); this member stops "
             "working on it and commits nothing more for it",
             self.group_id,
             ptx.tp.topic,
             ptx.tp.partition,
             ptx.transactional_id,
         )
+
+    async def _reclaim(self, ptx: PartitionTransaction) -> None:
+        await asyncio.sleep(2 * self.config.session_timeout_ms / 1000)
+        tp = ptx.tp
+        if self._partitions.get(tp) is not ptx or tp not in self._assignment():
+            return  # revoked meanwhile: the new owner has it
+        logger.warning(
+            "group %s: %s[%d] is still assigned here after its producer was fenced "
+            "(a transaction outlived transaction_timeout_ms); starting a new producer",
+            self.group_id,
+            tp.topic,
+            tp.partition,
+        )
+        del self._partitions[tp]
+        await ptx.close(self.close_timeout_s)
+        await self.assign({tp})
 
     def health(self) -> dict[str, Any]:
         """Producers, open records and fencing, for health reports."""

@@ -89,7 +89,7 @@ class ConsumerFlow:
         consumer.set_revocation_hook(self._on_revoke)
         if self.transactions is not None:
             # Fence the previous owners, then fetch again from the (now stable) commit.
-            self.transactions.set_restart(consumer.restart_from_committed)
+            self.transactions.set_restart(consumer.restart_from_committed, consumer.assignment)
             consumer.set_assignment_hook(self.transactions.assign)
 
     def _new_dispatcher(self) -> Dispatcher:

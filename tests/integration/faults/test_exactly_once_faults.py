@@ -140,7 +140,7 @@ async def test_a_member_frozen_past_its_session_cannot_commit_when_it_resumes(
     assert set(copies) == set(ids) and max(copies.values()) == 1, "the heir's copies, once each"
     assert len(written) >= 2 * inputs, "the zombie did write its copies before it froze"
     assert committed_after == inputs
-    assert "was taken over by a newer producer" in log, log[-3000:]
+    assert "was fenced (a newer owner took the partition over" in log, log[-3000:]
 
 
 async def _at_least(value: Awaitable[int], wanted: int) -> bool:
