@@ -148,3 +148,35 @@ async def test_exactly_once_refuses_what_it_cannot_keep(backend: Backend) -> Non
         builder.build()
     with pytest.raises(ValueError, match="processing_guarantee"):
         service(backend.settings, handle, processing_guarantee="exactly-once", dedup=False)
+
+
+async def test_a_refused_output_fails_only_its_input_and_the_rest_commit_once(
+    backend: Backend,
+) -> None:
+    source = await backend.create_topic("in")
+    out = await backend.create_topic("out", configs={"max.message.bytes": "2000"})
+    await backend.create_topic("in.dlq")
+    attempts: dict[int, int] = {}
+    orchestrator: ServiceOrchestrator
+
+    async def handle(event: dict[str, Any]) -> None:
+        n = event["data"]["n"]
+        attempts[n] = attempts.get(n, 0) + 1
+        padding = "x" * (5_000 if n == 2 else 10)
+        await orchestrator.producer.enqueue(out, str(n), {"n": n, "pad": padding})
+
+    orchestrator = service(
+        backend.settings, handle, topics=[source], group=backend.topic("g"), dedup=False,
+        producer=True, processing_guarantee="exactly_once", retry_attempts=3,
+        retry_backoff_initial_ms=1,
+    )
+    harness = backend.harness
+    async with harness.running(orchestrator):
+        for n in (1, 2, 3, 4):
+            await harness.publish(source, {"n": n}, key="k")
+        await harness.wait_idle(timeout_s=60)
+    outputs = sorted(e["data"]["n"] for e in await harness.read(out))
+    dead = await harness.read_dead_letters(source)
+    assert outputs == [1, 3, 4]
+    assert len(dead) == 1 and b'"n":2' in (dead[0].value or b"")
+    assert attempts[2] == 3

@@ -278,18 +278,24 @@ class MessageConsumer:
         was fetched of them so far.
 
         An exactly-once flow calls it once a partition's producer has fenced the
-        previous owner: only then is the committed offset stable.
+        previous owner: only then is the committed offset stable. The partitions
+        change state without yielding after the last lookup, so the caller can mark
+        them ready in the same step.
         """
         client = self._client
         if client is None:
             return
+        assigned = client.assignment()
+        chosen = [tp for tp in partitions if tp in assigned]
+        found = {tp: await client.committed(tp) for tp in chosen}
+        # No await from here on: the partitions move to their new state at once.
         self._epoch += 1
         assigned = client.assignment()
-        for tp in partitions:
+        for tp in chosen:
             if tp not in assigned:
-                continue
+                continue  # revoked while its commit was looked up
             old = self._offsets.get(tp)
-            committed = await client.committed(tp)
+            committed = found[tp]
             if committed is None and old is not None:
                 committed = old.committed  # where this assignment started fetching
             if committed is not None:

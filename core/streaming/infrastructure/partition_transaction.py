@@ -13,12 +13,14 @@ commits (:meth:`PartitionTransaction.commit`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from core.streaming.clients import TransactionalProducerClient
-from core.streaming.errors import ProducerFencedError, TransactionError
+from core.streaming.errors import ProducerFencedError, TransactionError, TransactionStateError
 from core.streaming.infrastructure.closing import bounded_close
 from core.streaming.infrastructure.consumed_message import current_message
 from core.streaming.types import Headers, RecordMetadata, TopicPartition
@@ -40,6 +42,8 @@ class _Sent:
     headers: tuple[tuple[str, bytes | None], ...]
     partition: int | None
     ack: Awaitable[RecordMetadata] | None = None
+    #: Sent again by this object: a failure of ``ack`` is ours to repair, not the sender's.
+    replayed: bool = False
 
 
 class PartitionTransaction:
@@ -50,11 +54,20 @@ class PartitionTransaction:
     """
 
     def __init__(
-        self, tp: TopicPartition, producer: TransactionalProducerClient, group_id: str
+        self,
+        tp: TopicPartition,
+        producer: TransactionalProducerClient,
+        group_id: str,
+        *,
+        renew: Callable[[], Awaitable[TransactionalProducerClient]] | None = None,
+        close_timeout_s: float = 10.0,
     ) -> None:
         self.tp = tp
         self.producer = producer
         self.group_id = group_id
+        self._renew_producer = renew
+        self._close_timeout_s = close_timeout_s
+        self._closing: set[asyncio.Task[None]] = set()
         self.lock = asyncio.Lock()
         self._kept: list[_Sent] = []
         self._open = False
@@ -88,21 +101,31 @@ class PartitionTransaction:
         partition: int | None = None,
     ) -> Awaitable[RecordMetadata]:
         """Send one record into the open transaction, for the message being handled."""
-        self._check_fenced()
-        await self._ensure_open()
+        if self.fenced is not None:
+            self._check_fenced()
+        if not self._open or self._replay or self.broken is not None:
+            await self._ensure_open()
         message = current_message()
         owner = (
             message.offset if message is not None and message.topic_partition == self.tp else None
         )
         record = _Sent(owner, topic, value, key, tuple(headers or ()), partition)
-        ack = await self._send(record)
+        try:
+            ack = await self._send(record)
+        except TransactionStateError as exc:
+            # A refused record left the transaction abortable: abort, send the kept
+            # records again, then this one.
+            self.broken = exc
+            await self._ensure_open()
+            ack = await self._send(record)
         self._kept.append(record)
         return ack
 
     async def _send(self, record: _Sent) -> Awaitable[RecordMetadata]:
         """Hand ``record`` to the producer; its acknowledgement becomes ``record.ack``."""
+        producer = self.producer
         try:
-            ack = await self.producer.send(
+            ack = await producer.send(
                 record.topic,
                 record.value,
                 key=record.key,
@@ -114,23 +137,27 @@ class PartitionTransaction:
             raise
         record.ack = ack
         if isinstance(ack, asyncio.Future):
-            ack.add_done_callback(lambda done: self._acked(record, done))
+            ack.add_done_callback(functools.partial(self._acked, producer))
         return ack
 
-    def _acked(self, record: _Sent, ack: asyncio.Future[RecordMetadata]) -> None:
-        if ack.cancelled() or record.ack is not ack:
+    def _acked(self, producer: Any, ack: asyncio.Future[RecordMetadata]) -> None:
+        """A refused record leaves the producer unusable for the rest of the transaction.
+
+        Failures of a producer already replaced (or of a transaction already
+        aborted by us) are not news.
+        """
+        if producer is not self.producer or ack.cancelled() or ack.exception() is None:
             return
         error = ack.exception()
-        if error is None:
-            return
         if isinstance(error, ProducerFencedError):
             self.fenced = error
-        # A refused record breaks the transaction: it is aborted before anything
-        # else goes in, and the refused record is not sent again.
         self.broken = error
-        if record in self._kept:
-            self._kept.remove(record)
-            self._stray += 1
+
+    def refused(self, offset: int, error: BaseException) -> None:
+        """A record of the message at ``offset`` was refused after its handler returned:
+        its records leave, and the transaction is rebuilt before anything else goes in."""
+        self.void(offset)
+        self.broken = error
 
     def void(self, offset: int) -> int:
         """Drop the records of the message at ``offset`` (an attempt that failed)."""
@@ -167,6 +194,22 @@ class PartitionTransaction:
         self._stray = 0
         self._replay = False
 
+    async def _renew(self) -> None:
+        assert self._renew_producer is not None
+        old = self.producer
+        self._open = False
+        self.aborts += 1
+        try:
+            self.producer = await self._renew_producer()
+        except ProducerFencedError as exc:
+            self.fenced = exc
+            raise
+        closing = asyncio.create_task(
+            bounded_close(old.stop(), self._close_timeout_s, f"old producer {old.transactional_id}")
+        )
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
     async def _abort(self) -> None:
         if not self._open:
             return
@@ -179,13 +222,34 @@ class PartitionTransaction:
             raise
 
     async def _restart(self, records: list[_Sent]) -> None:
-        """Abort what is open and send ``records`` again into a new transaction."""
-        await self._abort()
+        """Abort what is open and send ``records`` again into a new transaction.
+
+        First every pending acknowledgement is awaited. A record whose first send
+        failed is dropped: its sender saw the failure (a handler failed, an output
+        failure sent its message back to the error path, a dead-letter write was
+        tried again). Records sent again by this object are sent again once more.
+        """
+        pending = [r.ack for r in self._kept if r.ack is not None]
+        if pending:
+            await asyncio.gather(*(asyncio.shield(a) for a in pending), return_exceptions=True)
+        dropped = {id(r) for r in self._kept if not r.replayed and _failed(r)}
+        if dropped:
+            self._kept = [r for r in self._kept if id(r) not in dropped]
+            records = [r for r in records if id(r) not in dropped]
+        if self.broken is not None and self._renew_producer is not None:
+            # A refused record leaves the producer's sequence numbers behind the broker's
+            # (every later send fails): a new producer of the same id starts afresh, and
+            # starting it aborts what the old one left open.
+            await self._renew()
+        else:
+            await self._abort()
         self.broken = None
         await self._begin()
         kept = list(records)
-        self._kept = [r for r in self._kept if r not in kept]
+        resending = set(map(id, kept))
+        self._kept = [r for r in self._kept if id(r) not in resending]
         for record in kept:
+            record.replayed = True
             await self._send(record)
             self._kept.append(record)
         self._replay = bool(self._kept) and len(self._kept) != len(kept)
@@ -202,12 +266,7 @@ class PartitionTransaction:
         ``TransactionError`` when the commit failed ``COMMIT_ATTEMPTS`` times.
         """
         self._check_fenced()
-        mine = [
-            r
-            for r in self._kept
-            if r.owner is None or (position is not None and r.owner < position)
-        ]
-        later = [r for r in self._kept if r not in mine]
+        mine, later = self._split(position)
         if position is None and not mine:
             if self._open and self._stray and not self._kept:
                 await self._abort()  # only voided records: nothing to keep
@@ -216,7 +275,8 @@ class PartitionTransaction:
         for _ in range(COMMIT_ATTEMPTS):
             try:
                 if self.broken is not None or self._stray or self._replay or later:
-                    await self._restart(mine)
+                    await self._restart(mine)  # the open transaction: exactly ``mine``
+                    mine, later = self._split(position)
                     self._replay = bool(later)
                 elif not self._open:
                     await self._begin()
@@ -250,6 +310,18 @@ class PartitionTransaction:
             f"transaction of {self.transactional_id!r} failed {COMMIT_ATTEMPTS} times"
         ) from last
 
+    def _split(self, position: int | None) -> tuple[list[_Sent], list[_Sent]]:
+        """Kept records of messages before ``position``, and of the others."""
+        mine: list[_Sent] = []
+        later: list[_Sent] = []
+        for record in self._kept:
+            owner = record.owner
+            if owner is None or (position is not None and owner < position):
+                mine.append(record)
+            else:
+                later.append(record)
+        return mine, later
+
     async def close(self, timeout_s: float) -> None:
         """Abort what is open (nothing of it commits) and stop the producer."""
         self._kept.clear()
@@ -259,6 +331,16 @@ class PartitionTransaction:
             except Exception as exc:  # the next owner's producer aborts it anyway
                 logger.info("abort of %s at close failed: %s", self.transactional_id, exc)
         await bounded_close(self.producer.stop(), timeout_s, f"producer {self.transactional_id}")
+
+
+def _failed(record: _Sent) -> bool:
+    ack = record.ack
+    return (
+        isinstance(ack, asyncio.Future)
+        and ack.done()
+        and not ack.cancelled()
+        and ack.exception() is not None
+    )
 
 
 async def _all_acked(acks: list[Awaitable[RecordMetadata] | None]) -> None:

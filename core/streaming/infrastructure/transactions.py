@@ -143,16 +143,7 @@ class PartitionTransactions:
         if not new:
             return
         started = time.monotonic()
-        producers = {
-            tp: self._factory(
-                self.config,
-                transactional_id_for(self.group_id, tp),
-                client_id=f"{self.config.client_id}-txn-{tp.topic}-{tp.partition}",
-                max_request_size=self.max_request_size,
-                transaction_timeout_ms=self.transaction_timeout_ms,
-            )
-            for tp in new
-        }
+        producers = {tp: self._producer_for(tp) for tp in new}
         results = await asyncio.gather(
             *(p.start() for p in producers.values()), return_exceptions=True
         )
@@ -162,7 +153,13 @@ class PartitionTransactions:
                 failed = failed or result
                 await bounded_close(producer.stop(), self.close_timeout_s, f"producer of {tp}")
                 continue
-            self._partitions[tp] = PartitionTransaction(tp, producer, self.group_id)
+            self._partitions[tp] = PartitionTransaction(
+                tp,
+                producer,
+                self.group_id,
+                renew=self._renewer(tp),
+                close_timeout_s=self.close_timeout_s,
+            )
             self.opened_total += 1
         if failed is not None:
             self.last_error = f"{type(failed).__name__}: {failed}"
@@ -173,6 +170,23 @@ class PartitionTransactions:
             len(new),
             (time.monotonic() - started) * 1000,
         )
+
+    def _producer_for(self, tp: TopicPartition) -> TransactionalProducerClient:
+        return self._factory(
+            self.config,
+            transactional_id_for(self.group_id, tp),
+            client_id=f"{self.config.client_id}-txn-{tp.topic}-{tp.partition}",
+            max_request_size=self.max_request_size,
+            transaction_timeout_ms=self.transaction_timeout_ms,
+        )
+
+    def _renewer(self, tp: TopicPartition) -> Callable[[], Awaitable[TransactionalProducerClient]]:
+        async def renew() -> TransactionalProducerClient:
+            producer = self._producer_for(tp)
+            await producer.start()
+            return producer
+
+        return renew
 
     async def close(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         """Abort and stop the producers of ``partitions`` (all if None)."""

@@ -109,8 +109,11 @@ class KafkaTransactionalProducerClient(KafkaProducerClient):
         headers: Headers | None = None,
         partition: int | None = None,
     ) -> Awaitable[RecordMetadata]:
-        async with self._translated("send"):
+        try:  # no context manager on the hot path: a try costs nothing until it raises
             return await super().send(topic, value, key, headers, partition)
+        except (KafkaError, AssertionError, IllegalOperation):
+            async with self._translated("send"):
+                raise
 
     async def begin_transaction(self) -> None:
         async with self._translated("begin"):

@@ -320,7 +320,7 @@ class Checkpoint:
         self.sensor.on_recovered(message)
         ptx = self.transactions.get(message.topic_partition) if self.transactions else None
         if ptx is not None:
-            ptx.void(message.offset)  # its retry sends them again
+            ptx.refused(message.offset, cause)  # its retry sends them again
         if self.recover is not None:
             self.recover(message, error)
 

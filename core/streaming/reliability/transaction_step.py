@@ -15,8 +15,7 @@ never committed here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from core.streaming.infrastructure.consumed_message import ConsumedMessage
 from core.streaming.infrastructure.transactions import (
@@ -54,13 +53,24 @@ class TransactionStep:
                 if ptx.fenced is not None:
                     self.transactions.note_fenced(ptx)
 
-    @contextmanager
-    def message_scope(self, message: ConsumedMessage) -> Iterator[None]:
+    def message_scope(self, message: ConsumedMessage) -> _VoidOnFailure:
         """Around one handler call: a failed attempt's records leave the transaction."""
-        try:
-            yield
-        except BaseException:
+        return _VoidOnFailure(message)
+
+
+class _VoidOnFailure:
+    """A context manager (a class, not a generator: it runs for every handled message)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: ConsumedMessage) -> None:
+        self.message = message
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
             ptx = current_transaction()
             if ptx is not None:
-                ptx.void(message.offset)
-            raise
+                ptx.void(self.message.offset)
