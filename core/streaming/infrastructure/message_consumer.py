@@ -267,20 +267,15 @@ class MessageConsumer:
                 positions[tp] = position
         return positions
 
-    def is_current(self, message: ConsumedMessage) -> bool:
-        """False for a message of an assignment or a rewind that has since been replaced."""
-        record = message.record
-        state = self._offsets.get(TopicPartition(record.topic, record.partition))
-        return state is not None and state.generation == message.generation
+    def generation_now(self, tp: TopicPartition) -> int | None:
+        """The bookkeeping generation of ``tp``'s current messages (None: not ours)."""
+        state = self._offsets.get(tp)
+        return None if state is None else state.generation
 
     async def restart_from_committed(self, partitions: set[TopicPartition]) -> None:
-        """Fetch ``partitions`` again from the group's committed offsets, forgetting what
-        was fetched of them so far.
-
-        An exactly-once flow calls it once a partition's producer has fenced the
-        previous owner: only then is the committed offset stable. The partitions
-        change state without yielding after the last lookup, so the caller can mark
-        them ready in the same step.
+        """Fetch ``partitions`` again from the group's committed offsets (stable once an
+        exactly-once flow's producer fenced the previous owner), forgetting what was
+        fetched; no yield after the last lookup, so the caller can mark them ready at once.
         """
         client = self._client
         if client is None:

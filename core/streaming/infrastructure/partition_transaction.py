@@ -106,9 +106,11 @@ class PartitionTransaction:
         if not self._open or self._replay or self.broken is not None:
             await self._ensure_open()
         message = current_message()
-        owner = (
-            message.offset if message is not None and message.topic_partition == self.tp else None
-        )
+        owner = None
+        if message is not None:
+            source, tp = message.record, self.tp
+            if source.partition == tp.partition and source.topic == tp.topic:
+                owner = source.offset
         record = _Sent(owner, topic, value, key, tuple(headers or ()), partition)
         try:
             ack = await self._send(record)
@@ -229,7 +231,11 @@ class PartitionTransaction:
         failure sent its message back to the error path, a dead-letter write was
         tried again). Records sent again by this object are sent again once more.
         """
-        pending = [r.ack for r in self._kept if r.ack is not None]
+        pending = [
+            r.ack
+            for r in self._kept
+            if r.ack is not None and not (isinstance(r.ack, asyncio.Future) and r.ack.done())
+        ]
         if pending:
             await asyncio.gather(*(asyncio.shield(a) for a in pending), return_exceptions=True)
         dropped = {id(r) for r in self._kept if not r.replayed and _failed(r)}
@@ -344,10 +350,19 @@ def _failed(record: _Sent) -> bool:
 
 
 async def _all_acked(acks: list[Awaitable[RecordMetadata] | None]) -> None:
-    waiting = [a for a in acks if a is not None]
-    if not waiting:
+    """Raise ``TransactionError`` if one of ``acks`` failed; wait only for pending ones."""
+    pending: list[Awaitable[RecordMetadata]] = []
+    for ack in acks:
+        if isinstance(ack, asyncio.Future) and ack.done():
+            if not ack.cancelled() and ack.exception() is not None:
+                raise TransactionError(
+                    f"a record of the transaction was refused: {ack.exception()!r}"
+                ) from ack.exception()
+        elif ack is not None:
+            pending.append(ack)
+    if not pending:
         return
-    results = await asyncio.gather(*(asyncio.shield(a) for a in waiting), return_exceptions=True)
+    results = await asyncio.gather(*(asyncio.shield(a) for a in pending), return_exceptions=True)
     failure = next((r for r in results if isinstance(r, BaseException)), None)
     if failure is not None:
         raise TransactionError(f"a record of the transaction was refused: {failure!r}") from failure

@@ -184,6 +184,20 @@ class Checkpoint:
         self._window = [m for m in self._window if m.topic_partition not in partitions]
         return mine
 
+    def _take_partition(self, tp: TopicPartition) -> list[ConsumedMessage]:
+        """The window's messages of ``tp`` (one pass, no per-message tuple)."""
+        topic, partition = tp
+        mine: list[ConsumedMessage] = []
+        rest: list[ConsumedMessage] = []
+        for message in self._window:
+            record = message.record
+            if record.partition == partition and record.topic == topic:
+                mine.append(message)
+            else:
+                rest.append(message)
+        self._window = rest
+        return mine
+
     async def _commit_transactions(
         self,
         transactions: PartitionTransactions,
@@ -218,7 +232,7 @@ class Checkpoint:
             self._fail(TimeoutError(f"{tp} stayed busy for {limit:g} s; committed later"))
             return False
         try:
-            window = self._take_window({tp})
+            window = self._take_partition(tp)
             try:
                 ready = await asyncio.wait_for(self._settle(window, [], marks=False), limit)
             except BaseException as exc:

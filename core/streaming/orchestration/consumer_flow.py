@@ -105,10 +105,11 @@ class ConsumerFlow:
 
     def _leaving(self, message: ConsumedMessage) -> bool:
         """Whether a message's partition is being given up (revoked, or fenced)."""
+        txns = self.transactions
+        if not self._revoking and (txns is None or not txns.fenced_total):
+            return False
         tp = message.topic_partition
-        if tp in self._revoking:
-            return True
-        return self.transactions is not None and self.transactions.is_fenced(tp)
+        return tp in self._revoking or (txns is not None and txns.is_fenced(tp))
 
     def _keeps(self, message: ConsumedMessage) -> bool:
         """Whether a message left unrun goes back to its lane."""
@@ -117,7 +118,10 @@ class ConsumerFlow:
             return False
         # Exactly-once: a partition being taken over is fetched again from its commit.
         txns = self.transactions
-        return txns is None or (txns.get(tp) is not None and self.consumer.is_current(message))
+        if txns is None:
+            return True
+        current = self.consumer.generation_now(tp) == message.generation
+        return current and txns.get(tp) is not None
 
     # ------------------------------------------------------------------ lifecycle
 

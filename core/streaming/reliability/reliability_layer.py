@@ -108,7 +108,7 @@ class ReliabilityLayer:
         #: Exactly-once: a transaction per input partition (None: at-least-once).
         self.transactions = transactions
         self.transaction_step = (
-            TransactionStep(transactions, consumer.is_current) if transactions else None
+            TransactionStep(transactions, consumer.generation_now) if transactions else None
         )
         operation = f"process_{'+'.join(consumer.topics)}"
         tracing = TracingStep(service_name) if tracing_active() else None

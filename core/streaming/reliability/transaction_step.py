@@ -25,23 +25,27 @@ from core.streaming.infrastructure.transactions import (
     stop_routing,
 )
 from core.streaming.reliability.steps import Batch, Next
+from core.streaming.types import TopicPartition
 
 
 class TransactionStep:
     """Runs each run of an exactly-once flow inside its partition's transaction."""
 
     def __init__(
-        self, transactions: PartitionTransactions, is_current: Callable[[ConsumedMessage], bool]
+        self,
+        transactions: PartitionTransactions,
+        generation_of: Callable[[TopicPartition], int | None],
     ) -> None:
         self.transactions = transactions
-        self.is_current = is_current
+        self.generation_of = generation_of
 
     async def __call__(self, batch: Batch, call_next: Next) -> None:
-        tp = batch[0].topic_partition
+        tp = batch[0].topic_partition  # a run is one partition's (ordering="partition")
         ptx = self.transactions.get(tp)
         if ptx is None:
             return  # not ours (yet, or any more): the run stays unrun and uncommitted
-        runnable = [m for m in batch if self.is_current(m)]
+        generation = self.generation_of(tp)
+        runnable = [m for m in batch if m.generation == generation]
         if not runnable:
             return
         async with ptx.lock:
