@@ -36,60 +36,22 @@ KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 
-POM="$ROOT/scripts/kafka/pom.xml"
 KDIR="$INFRA_DIR/kafka"
-LIBS="${KAFKA_LIBS_DIR:-$KDIR/libs}"
-case "$LIBS" in
-  /*) ;;
-  *) LIBS="$ROOT/$LIBS" ;;
-esac
 DATA="$KDIR/data"
 PIDFILE="$KDIR/kafka.pid"
 LOGFILE="$KDIR/kafka.log"
 PROPS="$KDIR/server.properties"
 LOG4J="$KDIR/log4j2.properties"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+KAFKA_HEAP="${KAFKA_HEAP:-512m}"
 
 log() { echo "kafka.sh: $*" >&2; }
 
-# Install Java and Maven with apt when they are missing (fresh Debian machine).
-ensure_tools() {
-  local pkgs=()
-  command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)
-  command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
-  if [ "${#pkgs[@]}" -gt 0 ]; then
-    log "installing ${pkgs[*]} with apt-get"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
-  fi
-}
-
-# Fetch the broker jars unless the cache matches the current pom.
-fetch_libs() {
-  local stamp
-  stamp="$(sha256sum "$POM" | cut -d' ' -f1)"
-  if [ -f "$LIBS/.stamp" ] && [ "$(cat "$LIBS/.stamp")" = "$stamp" ]; then
-    return 0
-  fi
-  ensure_tools
-  log "fetching Kafka jars from Maven Central into $LIBS"
-  local tmp="$LIBS.tmp.$$"
-  rm -rf "$tmp"
-  mkdir -p "$tmp"
-  if ! mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$tmp" >"$KDIR/mvn.log" 2>&1; then
-    cat "$KDIR/mvn.log" >&2
-    rm -rf "$tmp"
-    log "maven failed to fetch the Kafka jars"
-    exit 1
-  fi
-  echo "$stamp" >"$tmp/.stamp"
-  rm -rf "$LIBS"
-  mv "$tmp" "$LIBS"
-}
+# shellcheck source=lib/kafka-common.sh
+. "$ROOT/scripts/lib/kafka-common.sh"
 
 is_running() {
-  [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
+  pid_alive "$PIDFILE"
 }
 
 write_config() {
@@ -122,27 +84,14 @@ num.network.threads=2
 num.io.threads=4
 EOF
 
-  cat >"$LOG4J" <<EOF
-# Broker log: INFO from the server, WARN for chatty packages.
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = $LOGFILE
-appender.file.append = true
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = WARN
-rootLogger.appenderRef.file.ref = FILE
-logger.server.name = kafka.server
-logger.server.level = INFO
-logger.kafka.name = kafka.Kafka
-logger.kafka.level = INFO
-EOF
+  write_log4j "$LOG4J" "$LOGFILE"
 }
 
 # Exit status 0 once the broker answers a metadata request.
 broker_ready() {
-  local py="$ROOT/.venv/bin/python"
-  if [ -x "$py" ] && "$py" -c 'import aiokafka' 2>/dev/null; then
+  local py
+  py="$(venv_python)"
+  if [ -n "$py" ]; then
     timeout 15 "$py" - "$BOOTSTRAP" <<'EOF' >/dev/null 2>&1
 import asyncio
 import sys
@@ -186,18 +135,11 @@ start() {
   write_config
 
   local jvm=()
-  jvm_cmd
+  jvm_cmd "$LOG4J"
 
   # Format the KRaft metadata log with a fresh random cluster id.
   local cluster_id
-  cluster_id="$(python3 -c '
-import base64, uuid
-while True:
-    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    if not cid.startswith("-"):
-        print(cid)
-        break
-')"
+  cluster_id="$(new_cluster_id)"
   if ! "${jvm[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$PROPS" \
       >"$KDIR/format.log" 2>&1; then
     cat "$KDIR/format.log" >&2
@@ -208,27 +150,11 @@ while True:
   launch "$began" stop
 }
 
-# The java command line of every broker tool, into the caller's `jvm` array.
-jvm_cmd() {
-  jvm=(java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
-    -Dlog4j2.configurationFile="$LOG4J" -cp "$LIBS/*")
-}
-
 # Run the broker in the background on $PROPS and wait until it answers.
 # $1: $SECONDS when the start began; $2: what to run if it never gets ready.
 launch() {
   local began="$1" on_timeout="$2"
-  local jvm=()
-  jvm_cmd
-  # setsid detaches the broker from the caller's process group; the inner
-  # shell records its own PID and then becomes the java process.
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" \
-    "${jvm[@]}" kafka.Kafka "$PROPS" >>"$LOGFILE" 2>&1 </dev/null &
-  local i
-  for i in 1 2 3 4 5 6 7 8 9 10; do
-    [ -s "$PIDFILE" ] && break
-    sleep 0.1
-  done
+  launch_java "$PIDFILE" "$PROPS" "$LOGFILE" "$LOG4J"
 
   while true; do
     if ! is_running; then
@@ -252,24 +178,7 @@ launch() {
 }
 
 stop() {
-  if [ -f "$PIDFILE" ]; then
-    local pid
-    pid="$(cat "$PIDFILE")"
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
-      local i
-      for i in $(seq 1 30); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 1
-      done
-      if kill -0 "$pid" 2>/dev/null; then
-        log "broker did not stop after 30s; sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        sleep 1
-      fi
-    fi
-    rm -f "$PIDFILE"
-  fi
+  stop_pid "$PIDFILE" 30
   rm -rf "$DATA"
 }
 
@@ -280,18 +189,13 @@ kill_broker() {
     log "not running"
     return 0
   fi
-  local pid i
+  local pid
   pid="$(cat "$PIDFILE")"
-  kill -KILL "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
+  kill_pid "$PIDFILE"
   if kill -0 "$pid" 2>/dev/null; then
     log "broker (pid $pid) still alive after KILL"
     exit 1
   fi
-  rm -f "$PIDFILE"
   log "killed broker (pid $pid); data kept in $DATA"
 }
 

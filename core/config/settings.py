@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.config.redis_settings import RedisSettings as RedisSettings
+
 ENV_PREFIX = "TRADESTREAM_"
 ENV_NESTED_DELIMITER = "__"
 MEMORY_URL = "memory://"
@@ -29,6 +31,7 @@ DedupFailurePolicy = Literal["fail_open", "fail_closed"]
 OrderingMode = Literal["partition", "key", "unordered"]
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 LogFormat = Literal["json", "console"]
+ServiceShape = Literal["legacy", "builder"]
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
 
@@ -130,37 +133,6 @@ class RedpandaSettings(BaseModel):
         return self.bootstrap_servers.split(",")
 
 
-class RedisSettings(BaseModel):
-    """How to reach Redis. ``memory://`` selects an in-process fake Redis."""
-
-    url: SecretStr = SecretStr(MEMORY_URL)
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    socket_timeout_s: float = Field(default=2.0, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: SecretStr) -> SecretStr:
-        raw = value.get_secret_value()
-        if not raw.startswith((MEMORY_URL, "redis://", "rediss://", "unix://")):
-            raise ValueError("expected a redis://, rediss://, unix:// or memory:// URL")
-        return value
-
-    @property
-    def is_embedded(self) -> bool:
-        """True when the in-process fake Redis is selected."""
-        return self.url.get_secret_value().startswith(MEMORY_URL)
-
-    @property
-    def safe_address(self) -> str:
-        """Host and port (or ``memory://``) without credentials, for messages."""
-        raw = self.url.get_secret_value()
-        if raw.startswith(MEMORY_URL):
-            return MEMORY_URL
-        rest = raw.split("://", 1)[1]
-        rest = rest.rsplit("@", 1)[-1]
-        return rest.split("/", 1)[0] or "localhost"
-
-
 class ReliabilitySettings(BaseModel):
     """Feature switches and tuning of the reliability path, per service if overridden."""
 
@@ -187,6 +159,11 @@ class ReliabilitySettings(BaseModel):
     handler_timeout_s: float | None = Field(default=None, gt=0)
     max_loop_restarts: int = Field(default=5, ge=0)
     exit_on_unhealthy: bool = False
+    shape: ServiceShape = Field(
+        default="legacy",
+        description="which implementation core.streaming.legacy.build_selected builds: "
+        "'legacy' (the StreamProcessor subclass) or 'builder' (the builder-made service)",
+    )
     processing_guarantee: ProcessingGuarantee = "at_least_once"
     transaction_timeout_ms: int = Field(default=60_000, gt=0)
     retry_topics: Annotated[list[float], NoDecode] = Field(default_factory=list)
@@ -253,6 +230,35 @@ class TradingSettings(BaseModel):
     max_price_age_s: float = Field(default=60.0, gt=0)
     starting_cash: float = Field(default=10_000_000.0, ge=0)
     tick_rate_per_s: float = Field(default=20.0, gt=0)
+    price_band_pct: float = Field(
+        default=20.0,
+        gt=0,
+        description="the engine rejects a LIMIT price further than this from the last price",
+    )
+    resting_order_ttl_s: float = Field(
+        default=3600.0, gt=0, description="a resting LIMIT order is cancelled after this long"
+    )
+    max_resting_orders: int = Field(
+        default=1_000, gt=0, description="resting orders per namespace; beyond, LIMITs are rejected"
+    )
+    remembered_ids: int = Field(
+        default=20_000,
+        gt=0,
+        description="recent signal and order ids each service keeps to recognise repeats",
+    )
+    warmup_ticks: int = Field(
+        default=2_000,
+        ge=0,
+        description="ticks per partition read back at start for prices and strategy state",
+    )
+    restore_on_start: bool = Field(
+        default=True, description="services rebuild their state from their topics at start"
+    )
+    snapshot_every: int = Field(
+        default=10_000,
+        ge=0,
+        description="ledger events between two book snapshots of a namespace; 0: none",
+    )
 
 
 class Settings(BaseSettings):

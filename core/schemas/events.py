@@ -36,6 +36,7 @@ class EventType(StrEnum):
     ORDER_PLACED = "order.placed"
     ORDER_FILLED = "order.filled"
     ORDER_REJECTED = "order.rejected"
+    ORDER_CANCELLED = "order.cancelled"
 
 
 class EventEnvelope(BaseModel):
@@ -128,15 +129,23 @@ class RejectedSignal(_Payload):
 
 
 class OrderStatus(StrEnum):
-    """Outcome of an order on a trader."""
+    """State of an order on a trader: resting (PLACED) or one of the terminal states."""
 
     PLACED = "PLACED"
     FILLED = "FILLED"
     REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
 
 
 class OrderEvent(_Payload):
-    """An order's state on one namespace's trader."""
+    """An order's state on one namespace's trader.
+
+    ``sequence`` numbers the order events of one namespace in the order the
+    trader applied them (1, 2, ...); rebuilding a book from the ``executions``
+    ledger applies fills in this order, which the average-cost P&L depends on.
+    ``placed_at`` is when the trader accepted the order (its resting lifetime
+    counts from there).
+    """
 
     client_order_id: str
     signal_id: str
@@ -151,10 +160,13 @@ class OrderEvent(_Payload):
     status: OrderStatus
     fill_price: float | None = None
     reason: str | None = None
+    sequence: int | None = Field(default=None, ge=1)
+    placed_at: datetime | None = None
 
 
 EVENT_TYPE_FOR_STATUS = {
     OrderStatus.PLACED: EventType.ORDER_PLACED,
     OrderStatus.FILLED: EventType.ORDER_FILLED,
     OrderStatus.REJECTED: EventType.ORDER_REJECTED,
+    OrderStatus.CANCELLED: EventType.ORDER_CANCELLED,
 }

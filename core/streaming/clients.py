@@ -43,6 +43,7 @@ from core.streaming.redis_client import (
     REDIS_ERRORS,
     REDIS_TRANSIENT_ERRORS,
     Redis,
+    cluster_redis,
     fake_redis,
     real_redis,
 )
@@ -170,8 +171,12 @@ def create_redis(settings: RedisSettings) -> Redis:
     """A ``redis.asyncio.Redis``; for ``memory://`` URLs an in-process fakeredis one.
 
     Clients made from the same ``memory://`` URL share one fake server, as
-    clients of one real Redis share its data.
+    clients of one real Redis share its data. For a Redis Cluster
+    (``settings.is_cluster``) a cluster client: the dedup scripts touch the keys
+    of one hash slot each, so they run there unchanged.
     """
     if settings.is_embedded:
         return fake_redis(settings.url.get_secret_value())
+    if settings.is_cluster:
+        return cluster_redis(settings)  # type: ignore[return-value]
     return real_redis(settings)

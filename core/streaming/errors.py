@@ -15,12 +15,26 @@ class PermanentError(StreamingError):
     """A failure that will repeat on every attempt: dead-letter the message at once."""
 
 
-class BrokerUnavailableError(StreamingError, ConnectionError):
+class ConnectionSetupError(StreamingError):
+    """Connecting to the broker or Redis failed at start; the message says why."""
+
+
+class BrokerUnavailableError(ConnectionSetupError, ConnectionError):
     """The broker could not be reached within the configured time."""
 
 
-class RedisUnavailableError(StreamingError, ConnectionError):
+class RedisUnavailableError(ConnectionSetupError, ConnectionError):
     """Redis could not be reached within the configured time."""
+
+
+class BrokerAccessError(ConnectionSetupError):
+    """The broker cannot be used as configured (credentials, certificates, files,
+    protocol): retrying cannot help. The message names the cause, never a secret."""
+
+
+class RedisAccessError(ConnectionSetupError):
+    """Redis cannot be used as configured (credentials, certificates, files,
+    protocol): retrying cannot help. The message names the cause, never a secret."""
 
 
 class ClientClosedError(StreamingError):

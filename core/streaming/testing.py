@@ -20,9 +20,8 @@ its partitions), never on fixed sleeps, and fails saying which flow is behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 from uuid import uuid4
@@ -31,6 +30,7 @@ import orjson
 from pydantic import SecretStr
 
 from core.config.settings import RedisSettings, RedpandaSettings, Settings
+from core.streaming.dead_letters import DeadLetterRecord
 from core.streaming.embedded import InMemoryBroker, drop_broker, get_broker
 from core.streaming.infrastructure.message_producer import MessageProducer, Payload
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
@@ -40,20 +40,6 @@ from core.streaming.types import FetchedRecord
 
 class HarnessTimeoutError(AssertionError):
     """The service did not reach the awaited state in time."""
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A dead-lettered record: original bytes and the decoded headers."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, str | None]
-
-    @property
-    def error_type(self) -> str | None:
-        """Exception class that sent the message here."""
-        return self.headers.get("dlq.exception.type")
 
 
 class Runnable(Protocol):
@@ -254,7 +240,7 @@ class StreamTestHarness:
         """Decoded envelopes on ``topic`` (any backend; undecodable records left out)."""
         return _decode_all(await self.read_records(topic, committed=committed))
 
-    async def read_dead_letters(self, topic: str, suffix: str = ".dlq") -> list[DeadLetter]:
+    async def read_dead_letters(self, topic: str, suffix: str = ".dlq") -> list[DeadLetterRecord]:
         """Dead letters of ``topic`` (any backend)."""
         return _dead_letters(await self.read_records(f"{topic}{suffix}"))
 
@@ -271,7 +257,7 @@ class StreamTestHarness:
         """Decoded envelopes on ``topic`` (embedded harness; undecodable records left out)."""
         return _decode_all(self.records(topic))
 
-    def dead_letters(self, topic: str, suffix: str = ".dlq") -> list[DeadLetter]:
+    def dead_letters(self, topic: str, suffix: str = ".dlq") -> list[DeadLetterRecord]:
         """Dead letters of ``topic`` (its ``<topic><suffix>`` dead-letter topic; embedded)."""
         return _dead_letters(self.records(f"{topic}{suffix}"))
 
@@ -288,12 +274,5 @@ def _decode_all(records: Sequence[FetchedRecord]) -> list[dict[str, Any]]:
     return out
 
 
-def _dead_letters(records: Sequence[FetchedRecord]) -> list[DeadLetter]:
-    return [DeadLetter(r.key, r.value, _decode_headers(r.headers)) for r in records]
-
-
-def _decode_headers(
-    headers: Sequence[tuple[str, bytes | None]] | Mapping[str, bytes | None],
-) -> dict[str, str | None]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k: None if v is None else v.decode("utf-8", "replace") for k, v in items}
+def _dead_letters(records: Sequence[FetchedRecord]) -> list[DeadLetterRecord]:
+    return [DeadLetterRecord.of(r) for r in records]

@@ -12,25 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import os
 import random
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
 
 from core.config.settings import Settings
 from core.schemas.events import EventType, SignalAction, TradingSignal
 from core.schemas.topics import TopicMap
+from core.streaming.clients import Redis, create_redis
 from core.streaming.infrastructure.message_producer import MessageProducer
 from core.streaming.orchestration.ops_server import OpsServer
+from services.cli.demo_view import RELIABILITY, RateWindow, ViewState, render
 from services.cli.runner import install_stop_signals, start_all, stop_all
 from services.market_data.service import MarketDataFeedService
 from services.registry import RunnableService, build_pipeline
@@ -38,41 +37,59 @@ from services.signal_validator.service import SignalValidatorService
 from services.strategy_runner.service import StrategyRunnerService
 from services.trading_engine.service import TradingEngineService
 
-STAGES = (
-    ("ticks", "market ticks"),
-    ("raw", "raw signals"),
-    ("validated", "validated signals"),
-    ("rejected", "rejected signals"),
-    ("placed", "orders placed"),
-    ("filled", "orders filled"),
-    ("order_rejected", "orders rejected"),
-)
-RELIABILITY = (
-    ("duplicates", "duplicates skipped"),
-    ("retries", "retries"),
-    ("dead_lettered", "dead letters"),
-    ("decode_failures", "undecodable messages"),
-    ("commits", "offset commits"),
+DEMO_RETENTION_RECORDS = 5_000
+"""Records per partition the demo's embedded broker keeps, unless set explicitly."""
+DEMO_DEDUP_TTL_S = 60
+"""How long the demo's in-process dedup store remembers handled ids, unless set explicitly."""
+HOUSEKEEPING_S = 10.0
+CHAOS_TEXT = (
+    "fault injection on: about once a second, in turn, a duplicate delivery (one event sent "
+    "twice), an over-limit signal, or garbage bytes on {topic}; every 15th send of the "
+    "validator fails like a network blip (retried)"
 )
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """The demo's settings: market open around the clock, and one strategy on two namespaces.
+    """The demo's settings: market open around the clock, one strategy on two namespaces.
 
     The services run without ops endpoints of their own: four in one process would
     all want the same port. :func:`pipeline_ops_server` serves the whole pipeline.
+    On the embedded backends, memory stays bounded however long the demo runs:
+    the broker keeps :data:`DEMO_RETENTION_RECORDS` per partition and the dedup
+    store remembers ids for :data:`DEMO_DEDUP_TTL_S`, unless those settings are
+    given explicitly.
     """
     trading = settings.trading
     update: dict[str, object] = {"market_always_open": True}
     if not trading.strategy_routes:
         ns = settings.broker_namespace
         update["strategy_routes"] = {"momentum": [ns, f"{ns}-shadow"]}
+    redpanda = settings.redpanda
+    if redpanda.is_embedded and "embedded_retention_records" not in redpanda.model_fields_set:
+        redpanda = redpanda.model_copy(
+            update={"embedded_retention_records": DEMO_RETENTION_RECORDS}
+        )
+    reliability = settings.reliability
+    if settings.redis.is_embedded and "dedup_ttl_seconds" not in reliability.model_fields_set:
+        reliability = reliability.model_copy(update={"dedup_ttl_seconds": DEMO_DEDUP_TTL_S})
     return settings.model_copy(
         update={
             "trading": trading.model_copy(update=update),
+            "redpanda": redpanda,
+            "reliability": reliability,
             "observability": settings.observability.model_copy(update={"http_enabled": False}),
         }
     )
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux), NaN where unknown."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def pipeline_ops_server(settings: Settings, services: list[RunnableService]) -> OpsServer:
@@ -105,6 +122,7 @@ class Pipeline:
     validator: SignalValidatorService
     engine: TradingEngineService
     chaos_sent: int = 0
+    dedup_keys: int | None = None
 
     @classmethod
     def build(cls, settings: Settings, tick_rate: float) -> Pipeline:
@@ -129,6 +147,7 @@ class Pipeline:
             "placed": engine.orders_placed,
             "filled": engine.orders_filled,
             "order_rejected": engine.orders_rejected,
+            "cancelled": engine.orders_cancelled,
         }
         for key, _ in RELIABILITY:
             out[key] = 0.0
@@ -140,56 +159,40 @@ class Pipeline:
                     out[key] += snap.get(key, 0.0)
         return out
 
-
-@dataclass
-class RateWindow:
-    """Per-key rates over the last few seconds of samples."""
-
-    span_s: float = 3.0
-    samples: deque[tuple[float, dict[str, float]]] = field(default_factory=deque)
-
-    def add(self, counts: dict[str, float]) -> dict[str, float]:
-        now = time.monotonic()
-        self.samples.append((now, counts))
-        while len(self.samples) > 2 and now - self.samples[0][0] > self.span_s:
-            self.samples.popleft()
-        then, old = self.samples[0]
-        elapsed = now - then
-        if elapsed <= 0:
-            return dict.fromkeys(counts, 0.0)
-        return {k: (v - old.get(k, 0.0)) / elapsed for k, v in counts.items()}
-
-
-def render(
-    pipeline: Pipeline,
-    counts: dict[str, float],
-    rates: dict[str, float],
-    elapsed: float,
-    settings: Settings,
-    final: bool = False,
-) -> Group:
-    """The view: flow per stage, the reliability path, and P&L per strategy."""
-    flow = Table("stage", "count", "per s", title="pipeline")
-    for key, label in STAGES:
-        flow.add_row(label, f"{int(counts[key]):,}", f"{rates.get(key, 0.0):,.1f}")
-    reliability = Table("event", "count", title="reliability path")
-    for key, label in RELIABILITY:
-        reliability.add_row(label, f"{int(counts[key]):,}")
-    pnl = Table("strategy", "P&L", title="paper P&L, marked to the last tick")
-    snapshot = pipeline.engine.snapshot()
-    for strategy, value in sorted(snapshot.pnl_by_strategy.items()):
-        style = "green" if value >= 0 else "red"
-        pnl.add_row(strategy, "n/a" if math.isnan(value) else f"[{style}]{value:,.2f}[/]")
-    backend = settings.redpanda.bootstrap_servers
-    title = "summary" if final else "tradestream demo (Ctrl-C to stop)"
-    header = Panel(
-        f"broker {backend} | dedup {settings.redis.safe_address} | "
-        f"namespace {settings.broker_namespace} | {elapsed:,.1f} s",
-        title=title,
-    )
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row(flow, reliability)
-    return Group(header, grid, pnl)
+    def view(
+        self,
+        settings: Settings,
+        counts: dict[str, float],
+        rates: dict[str, float],
+        elapsed: float,
+        chaos: bool,
+    ) -> ViewState:
+        """One frame of the view."""
+        header = (
+            f"broker {settings.redpanda.bootstrap_servers} | dedup {settings.redis.safe_address} "
+            f"| namespace {settings.broker_namespace} | {elapsed:,.1f} s"
+        )
+        retention = settings.redpanda.embedded_retention_records
+        memory = f"memory: RSS {rss_mb():,.0f} MB"
+        if settings.redpanda.is_embedded:
+            memory += f" | embedded broker keeps {retention or 'all'} records per partition"
+        if self.dedup_keys is not None:
+            memory += f" | dedup keys {self.dedup_keys:,}"
+        return ViewState(
+            header=header,
+            counts=counts,
+            rates=rates,
+            snapshot=self.engine.snapshot(),
+            latencies=[
+                ("tick -> signal", self.runner.tick_to_signal),
+                ("signal -> order", self.engine.metrics.signal_to_order),
+                ("order -> fill", self.engine.metrics.order_to_fill),
+            ],
+            chaos=CHAOS_TEXT.format(topic=TopicMap(settings.broker_namespace).signals_raw())
+            if chaos
+            else None,
+            memory=memory,
+        )
 
 
 class FlakyPublisher:
@@ -261,6 +264,25 @@ async def chaos_monkey(pipeline: Pipeline, settings: Settings, stop: asyncio.Eve
         await producer.stop()
 
 
+async def housekeeping(pipeline: Pipeline, settings: Settings, stop: asyncio.Event) -> None:
+    """Every few seconds, let the in-process dedup store drop expired ids and count the rest.
+
+    fakeredis removes an expired key only when something touches it or walks the
+    keys; ``DBSIZE`` walks them. Without this, every id ever claimed would stay in
+    memory. Nothing to do on a real Redis, which expires keys itself.
+    """
+    if not settings.redis.is_embedded:
+        return
+    client: Redis = create_redis(settings.redis)
+    try:
+        while not stop.is_set():
+            pipeline.dedup_keys = int(await client.dbsize())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HOUSEKEEPING_S)
+    finally:
+        await client.aclose()
+
+
 async def _run_started(
     pipeline: Pipeline,
     settings: Settings,
@@ -280,9 +302,9 @@ async def _run_started(
         asyncio.create_task(s.orchestrator.coordinator.wait_stop_requested())
         for s in pipeline.services
     )
-    monkey = None
+    helpers = [asyncio.create_task(housekeeping(pipeline, settings, stop))]
     if chaos:
-        monkey = asyncio.create_task(chaos_monkey(pipeline, settings, stop))
+        helpers.append(asyncio.create_task(chaos_monkey(pipeline, settings, stop)))
         flaky = FlakyPublisher(pipeline.validator.publisher)
         pipeline.validator.publisher = flaky  # type: ignore[assignment]
     window = RateWindow()
@@ -294,14 +316,14 @@ async def _run_started(
                 while not any(t.done() for t in tasks):
                     counts = pipeline.counts()
                     elapsed = time.monotonic() - started
-                    view.update(render(pipeline, counts, window.add(counts), elapsed, settings))
+                    frame = pipeline.view(settings, counts, window.add(counts), elapsed, chaos)
+                    view.update(render(frame))
                     await asyncio.wait(tasks, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
         else:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stop.set()
-        if monkey is not None:
-            await asyncio.gather(monkey, return_exceptions=True)
+        await asyncio.gather(*helpers, return_exceptions=True)
         for task in tasks:
             task.cancel()
         if ops is not None:
@@ -336,14 +358,7 @@ async def run_demo(
         for sig in installed:
             loop.remove_signal_handler(sig)
     counts = pipeline.counts()
-    console.print(
-        render(
-            pipeline,
-            counts,
-            {k: v / max(time.monotonic() - started, 1e-9) for k, v in counts.items()},
-            time.monotonic() - started,
-            settings,
-            final=True,
-        )
-    )
+    elapsed = time.monotonic() - started
+    rates = {k: v / max(elapsed, 1e-9) for k, v in counts.items()}
+    console.print(render(pipeline.view(settings, counts, rates, elapsed, chaos), final=True))
     return max(s.orchestrator.coordinator.exit_code for s in pipeline.services)

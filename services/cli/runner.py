@@ -11,11 +11,17 @@ from collections.abc import Sequence
 
 from core.streaming.errors import BrokerUnavailableError, RedisUnavailableError
 from core.streaming.orchestration.lifecycle_coordinator import ComponentStartError
+from services.common.history import StateRestoreError
 from services.registry import RunnableService
 
 logger = logging.getLogger(__name__)
 
-STARTUP_ERRORS = (ComponentStartError, BrokerUnavailableError, RedisUnavailableError)
+STARTUP_ERRORS = (
+    ComponentStartError,
+    BrokerUnavailableError,
+    RedisUnavailableError,
+    StateRestoreError,
+)
 
 
 class StartupFailedError(RuntimeError):

@@ -23,14 +23,22 @@ Checks, in order, each refusal naming its reason:
 A valid signal goes out as ``ValidatedSignal`` (``VALIDATED_SIGNAL``) on
 ``signals_validated()``, an invalid one as ``RejectedSignal(stage="validator")``
 (``REJECTED_SIGNAL``) on ``signals_rejected()``, both keyed by strategy id, both
-in the raw signal's correlation chain.
+in the raw signal's correlation chain. A value on either input topic that is not
+an envelope of the expected type is dead-lettered with the reason.
+
+Across restarts: at start the validator reads back the tail of its own verdicts
+(``signals.validated`` and its ``signals.rejected``), whose causation id is the
+raw signal's event id, to refill the signal id registry, and the last ticks for
+the notional check; so a raw signal redelivered after a crash gets no second
+verdict.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -49,11 +57,15 @@ from core.schemas.topics import TopicMap, TopicNames
 from core.streaming.clients import Redis
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
+from services.common.envelopes import envelope_problem, require_event
+from services.common.history import read_recent, restoring
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "signal_validator"
 STAGE: Final = "validator"
 DUPLICATE_SIGNAL_ID = "duplicate signal id"
-DEFAULT_REMEMBERED_IDS = 100_000
+DEFAULT_REMEMBERED_IDS = 20_000
 MAX_REASON_CHARS = 500
 
 
@@ -171,7 +183,7 @@ class ValidatorStats:
     duplicate_signal_ids: int = 0
     redeliveries: int = 0
     ticks_handled: int = 0
-    events_ignored: int = 0
+    restored_ids: int = 0
 
 
 class SignalValidatorService:
@@ -183,11 +195,11 @@ class SignalValidatorService:
         settings: Settings,
         redis_client: Redis | None = None,
         *,
-        max_remembered_ids: int = DEFAULT_REMEMBERED_IDS,
+        max_remembered_ids: int | None = None,
     ) -> None:
         self.settings = settings
         self.rules = SignalRules.from_settings(settings)
-        self.seen_ids = SignalIdRegistry(max_remembered_ids)
+        self.seen_ids = SignalIdRegistry(max_remembered_ids or settings.trading.remembered_ids)
         self.topics = TopicMap(settings.broker_namespace)
         self.last_prices: dict[int, float] = {}
         self.stats = ValidatorStats()
@@ -213,8 +225,64 @@ class SignalValidatorService:
         self.publisher = self.orchestrator.producer
 
     async def start(self) -> None:
-        """Start consuming."""
+        """Refill the signal id registry and prices from the topics, then consume."""
+        if self.settings.trading.restore_on_start:
+            await restoring("restoring recent verdicts", self.settings, self.restore)
         await self.orchestrator.start()
+
+    async def restore(self) -> None:
+        """Read back the recent verdicts (ids with their raw event ids) and the last ticks."""
+        partitions = max(1, self.settings.redpanda.topic_partitions)
+        verdicts = math.ceil(self.seen_ids.max_ids / partitions)
+        recent = await read_recent(
+            self.settings.redpanda,
+            {
+                self.topics.signals_validated(): verdicts,
+                self.topics.signals_rejected(): verdicts,
+                TopicNames.MARKET_TICKS: min(self.settings.trading.warmup_ticks, 200),
+            },
+        )
+        restored = self.restore_verdicts(
+            recent[self.topics.signals_validated()] + recent[self.topics.signals_rejected()]
+        )
+        for envelope in recent[TopicNames.MARKET_TICKS]:
+            data = envelope.get("data")
+            if envelope_problem(envelope) is None and envelope["type"] == EventType.MARKET_TICK:
+                try:
+                    tick = MarketTick.model_validate(data)
+                except ValidationError:
+                    continue
+                self.last_prices[tick.instrument_token] = tick.last_price
+        logger.info(
+            "%s: %d signal id(s) and %d price(s) restored",
+            SERVICE_NAME,
+            restored,
+            len(self.last_prices),
+        )
+
+    def restore_verdicts(self, envelopes: Sequence[Mapping[str, Any]]) -> int:
+        """Remember the signal ids of past verdicts, oldest first; returns how many."""
+        found: list[tuple[str, str, str | None]] = []
+        for envelope in envelopes:
+            if envelope_problem(envelope) is not None:
+                continue
+            data = envelope["data"]
+            if envelope["type"] == EventType.VALIDATED_SIGNAL:
+                original = data.get("original_signal")
+                signal_id = original.get("signal_id") if isinstance(original, dict) else None
+            elif envelope["type"] == EventType.REJECTED_SIGNAL and data.get("stage") == STAGE:
+                signal_id = data.get("signal_id")
+            else:
+                continue
+            if isinstance(signal_id, str) and signal_id:
+                causation = envelope.get("causation_id")
+                stamp = str(envelope.get("timestamp", ""))
+                found.append((stamp, signal_id, causation if isinstance(causation, str) else None))
+        found.sort(key=lambda item: item[0])
+        for _, signal_id, event_id in found:
+            self.seen_ids.reserve(signal_id, event_id)
+        self.stats.restored_ids += len(found)
+        return len(found)
 
     async def stop(self) -> None:
         """Drain and stop."""
@@ -222,10 +290,9 @@ class SignalValidatorService:
 
     async def _handle_raw_signal(self, message: dict[str, Any]) -> None:
         """Publish one verdict for one raw signal."""
-        if message.get("type") != EventType.RAW_SIGNAL:
-            self.stats.events_ignored += 1
-            return
-        data = message.get("data")
+        data = require_event(
+            message, EventType.RAW_SIGNAL.value, self.topics.signals_raw(), data_object=False
+        )
         try:
             signal = TradingSignal.model_validate(data)
         except ValidationError as exc:
@@ -261,10 +328,8 @@ class SignalValidatorService:
 
     async def _handle_market_tick(self, message: dict[str, Any]) -> None:
         """Remember the last price per instrument, for the notional check."""
-        if message.get("type") != EventType.MARKET_TICK:
-            self.stats.events_ignored += 1
-            return
-        tick = MarketTick.model_validate(message.get("data"))
+        data = require_event(message, EventType.MARKET_TICK.value, TopicNames.MARKET_TICKS)
+        tick = MarketTick.model_validate(data)
         self.last_prices[tick.instrument_token] = tick.last_price
         self.stats.ticks_handled += 1
 

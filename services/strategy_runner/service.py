@@ -13,7 +13,13 @@ signal every ``run_length`` moves rather than on every tick. The signal id is
 derived from strategy id and tick event id: a redelivered tick yields the same
 signal id, which the validator refuses as a duplicate, never a second order.
 Signals go to ``TopicMap(broker_namespace).signals_raw()`` keyed by strategy id and
-continue the tick's correlation chain.
+continue the tick's correlation chain; a signal's ``timestamp`` is when the
+strategy emitted it. A value on ``market.ticks`` that is not a tick envelope is
+dead-lettered with the reason.
+
+Strategy state survives a restart (:mod:`services.strategy_runner.warmup`): at
+start the runner replays the recent ticks through its strategies without
+publishing, so it continues where an uninterrupted runner would be.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
 
 from core.config.settings import RedpandaSettings, Settings
 from core.schemas.events import (
@@ -33,11 +42,16 @@ from core.schemas.events import (
     SignalAction,
     TradingSignal,
     generate_uuid7,
+    utc_now,
 )
 from core.schemas.topics import TopicMap, TopicNames
 from core.streaming.clients import Redis
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
+from services.common.envelopes import require_event
+from services.common.history import restoring
+from services.common.latency import LatencyRecorder
+from services.strategy_runner.warmup import Warmup
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +195,16 @@ def default_strategies() -> list[Strategy]:
 
 
 def build_signal(
-    strategy_id: str, tick: MarketTick, intent: SignalIntent, tick_event_id: str | None
+    strategy_id: str,
+    tick: MarketTick,
+    intent: SignalIntent,
+    tick_event_id: str | None,
+    emitted_at: datetime | None = None,
 ) -> TradingSignal:
-    """The raw signal for ``intent`` on ``tick``; its id is derived from the tick's id."""
+    """The raw signal for ``intent`` on ``tick``; its id is derived from the tick's id.
+
+    Its timestamp is ``emitted_at`` (default: now), when the strategy emitted it.
+    """
     return TradingSignal(
         signal_id=signal_id_for(strategy_id, tick_event_id) if tick_event_id else generate_uuid7(),
         strategy_id=strategy_id,
@@ -193,7 +214,7 @@ def build_signal(
         quantity=intent.quantity,
         order_type=intent.order_type,
         price=intent.price,
-        timestamp=tick.timestamp,
+        timestamp=emitted_at or utc_now(),
     )
 
 
@@ -219,6 +240,16 @@ class StrategyRunnerService:
         self.ticks_handled = 0
         self.signals_sent: dict[str, int] = dict.fromkeys(ids, 0)
         self._unsent: OrderedDict[str, list[TradingSignal]] = OrderedDict()
+        self.warmup = Warmup(
+            self.run_strategies, self.topics.signals_raw(), settings.trading.max_price_age_s
+        )
+        self.registry = CollectorRegistry()
+        self.tick_to_signal = LatencyRecorder(
+            "tradestream_trading_tick_to_signal_seconds",
+            "From a market tick's timestamp to the broker acknowledging a signal it caused.",
+            self.registry,
+            SERVICE_NAME,
+        )
         prefix = settings.redpanda.group_id_prefix
         self.orchestrator: ServiceOrchestrator = (
             StreamServiceBuilder(SERVICE_NAME, config, settings)
@@ -229,10 +260,18 @@ class StrategyRunnerService:
             )
             .build()
         )
+        self.orchestrator.add_metrics_registry(self.registry)
         self.publisher = self.orchestrator.producer
 
     async def start(self) -> None:
-        """Start consuming ticks."""
+        """Replay the recent ticks through the strategies (no publishing), then consume."""
+        trading = self.settings.trading
+        if trading.restore_on_start and trading.warmup_ticks > 0:
+            await restoring(
+                "replaying recent ticks through the strategies",
+                self.settings,
+                lambda: self.warmup.run(self.settings.redpanda, trading.warmup_ticks),
+            )
         await self.orchestrator.start()
 
     async def stop(self) -> None:
@@ -245,29 +284,36 @@ class StrategyRunnerService:
         Signals computed for a tick whose publishing failed are kept and sent by
         the retry, instead of running the strategies on the same tick again.
         """
-        if message.get("type") != EventType.MARKET_TICK:
-            return
-        event_id = message.get("id")
-        key = event_id if isinstance(event_id, str) else None
-        pending = self._unsent.pop(key, None) if key is not None else None
+        data = require_event(message, EventType.MARKET_TICK.value, TopicNames.MARKET_TICKS)
+        key = str(message["id"])
+        tick = MarketTick.model_validate(data)
+        pending = self._unsent.pop(key, None)
         if pending is None:
-            tick = MarketTick.model_validate(message.get("data"))
-            pending = []
-            for strategy in self.strategies:
-                intent = strategy.on_price(tick.instrument_token, tick.last_price)
-                if intent is not None:
-                    pending.append(build_signal(strategy.strategy_id, tick, intent, key))
-            self.ticks_handled += 1
+            replayed = self.warmup.take(key, tick)
+            if replayed is not None:
+                pending = replayed  # applied at warm-up; only what was never published
+            else:
+                pending = self.run_strategies(tick, key)
+                self.ticks_handled += 1
         for i, signal in enumerate(pending):
             try:
                 await self.publisher.send(
                     self.topics.signals_raw(), signal.strategy_id, signal, EventType.RAW_SIGNAL
                 )
             except BaseException:
-                if key is not None:
-                    self._keep_unsent(key, pending[i:])
+                self._keep_unsent(key, pending[i:])
                 raise
             self.signals_sent[signal.strategy_id] += 1
+            self.tick_to_signal.observe((utc_now() - tick.timestamp).total_seconds())
+
+    def run_strategies(self, tick: MarketTick, tick_event_id: str) -> list[TradingSignal]:
+        """Feed one tick to every strategy; the signals they emit."""
+        signals = []
+        for strategy in self.strategies:
+            intent = strategy.on_price(tick.instrument_token, tick.last_price)
+            if intent is not None:
+                signals.append(build_signal(strategy.strategy_id, tick, intent, tick_event_id))
+        return signals
 
     def _keep_unsent(self, key: str, signals: list[TradingSignal]) -> None:
         self._unsent[key] = signals

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from core.schemas.events import OrderEvent, OrderStatus, OrderType, SignalAction, TradingSignal
 from core.streaming.topic_names import validate_topic_name
@@ -79,8 +80,11 @@ class OrderResult:
     """An order's state on a trader.
 
     PLACED means resting (a LIMIT order not yet crossed), FILLED carries the
-    fill price, REJECTED the reason. ``duplicate`` is True when the trader had
-    already seen this client order id and returned its recorded state unchanged.
+    fill price, REJECTED and CANCELLED the reason. ``duplicate`` is True when the
+    trader had already seen this client order id and returned its recorded state
+    without trading. ``sequence`` is the trader's ledger number of this state;
+    an order filled at once also has ``placed_sequence`` for its placement.
+    ``placed_at`` is when the order was accepted (None for a rejection).
     """
 
     request: OrderRequest
@@ -89,15 +93,22 @@ class OrderResult:
     fill_price: float | None = None
     reason: str | None = None
     duplicate: bool = False
+    sequence: int | None = None
+    placed_sequence: int | None = None
+    placed_at: datetime | None = None
 
     @property
     def client_order_id(self) -> str:
         """The order's idempotency key."""
         return self.request.client_order_id
 
-    def to_event(self) -> OrderEvent:
-        """The order event to publish for this state."""
+    def to_event(self, *, placement: bool = False) -> OrderEvent:
+        """The order event to publish for this state (``placement``: its PLACED event)."""
         req = self.request
+        status = OrderStatus.PLACED if placement else self.status
+        sequence = self.sequence
+        if placement and self.placed_sequence is not None:
+            sequence = self.placed_sequence
         return OrderEvent(
             client_order_id=req.client_order_id,
             signal_id=req.signal_id,
@@ -109,7 +120,9 @@ class OrderResult:
             quantity=req.quantity,
             order_type=req.order_type,
             limit_price=req.limit_price,
-            status=self.status,
-            fill_price=self.fill_price,
-            reason=self.reason,
+            status=status,
+            fill_price=None if placement else self.fill_price,
+            reason=None if placement and self.status is not OrderStatus.PLACED else self.reason,
+            sequence=sequence,
+            placed_at=self.placed_at,
         )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
 from core.config.settings import Settings
 from core.streaming.topic_names import validate_topic_name
+from services.trading_engine.book import Book
+from services.trading_engine.ledger import LedgerState, RestingOrder
 from services.trading_engine.orders import OrderRequest, OrderResult
 from services.trading_engine.paper_trader import (
+    DEFAULT_MAX_REMEMBERED_ORDERS,
+    DEFAULT_MAX_RESTING_ORDERS,
     DEFAULT_STARTING_CASH,
     PaperTrader,
     check_trader_parameters,
@@ -17,16 +21,32 @@ from services.trading_engine.paper_trader import (
 
 
 class Trader(Protocol):
-    """What the engine needs from a trader: place orders, see ticks."""
+    """What the engine needs from a trader: place orders, see ticks, expire, restore, books."""
 
     @property
     def namespace(self) -> str: ...
+
+    @property
+    def starting_cash(self) -> float: ...
+
+    @property
+    def sequence(self) -> int: ...
 
     async def place_order(
         self, order: OrderRequest, last_price: float | None, price_time: datetime | None
     ) -> OrderResult: ...
 
     def on_tick(self, instrument_token: int, price: float) -> list[OrderResult]: ...
+
+    def expire(self, now: datetime | None = None) -> list[OrderResult]: ...
+
+    def restore(self, state: LedgerState) -> None: ...
+
+    def books(self) -> Mapping[str, Book]: ...
+
+    def resting_orders(self) -> list[OrderResult]: ...
+
+    def resting_entries(self) -> list[RestingOrder]: ...
 
 
 class TraderFactory(Protocol):
@@ -58,12 +78,19 @@ class PaperTraderFactory:
         starting_cash: float = DEFAULT_STARTING_CASH,
         max_price_age_s: float = 60.0,
         clock: Callable[[], datetime] | None = None,
+        *,
+        resting_order_ttl_s: float | None = None,
+        max_resting_orders: int = DEFAULT_MAX_RESTING_ORDERS,
+        max_remembered_orders: int = DEFAULT_MAX_REMEMBERED_ORDERS,
     ) -> None:
         check_trader_parameters(slippage_bps, starting_cash, max_price_age_s)
         self._slippage_bps = slippage_bps
         self._starting_cash = starting_cash
         self._max_price_age_s = max_price_age_s
         self._clock = clock
+        self._ttl_s = resting_order_ttl_s
+        self._max_resting = max_resting_orders
+        self._max_remembered = max_remembered_orders
         self._traders: dict[str, PaperTrader] = {}
         self._initialized = False
         self._closed = False
@@ -72,13 +99,16 @@ class PaperTraderFactory:
     def from_settings(
         cls, settings: Settings, clock: Callable[[], datetime] | None = None
     ) -> PaperTraderFactory:
-        """A factory with slippage, starting cash and price age from ``settings.trading``."""
+        """A factory with the trader parameters of ``settings.trading``."""
         trading = settings.trading
         return cls(
             slippage_bps=trading.slippage_bps,
             starting_cash=trading.starting_cash,
             max_price_age_s=trading.max_price_age_s,
             clock=clock,
+            resting_order_ttl_s=trading.resting_order_ttl_s,
+            max_resting_orders=trading.max_resting_orders,
+            max_remembered_orders=trading.remembered_ids,
         )
 
     @property
@@ -110,6 +140,9 @@ class PaperTraderFactory:
                 starting_cash=self._starting_cash,
                 max_price_age_s=self._max_price_age_s,
                 clock=self._clock,
+                max_remembered_orders=self._max_remembered,
+                resting_order_ttl_s=self._ttl_s,
+                max_resting_orders=self._max_resting,
             )
             self._traders[namespace] = trader
         return trader

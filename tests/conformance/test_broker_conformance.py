@@ -366,4 +366,3 @@ async def test_admin_creates_idempotently_lists_and_deletes(backend: Backend) ->
     while name in await admin.list_topics():
         assert time.monotonic() < deadline, "topic still listed after delete"
         await asyncio.sleep(0.1)
-

@@ -181,3 +181,23 @@ async def test_transactional_calls_outside_a_transaction_are_refused(backend: Ba
 
     reader = await _reader(backend, out, COMMITTED)
     assert _values(await backend.drain(reader, 1)) == [b"inside"]
+
+
+async def test_a_tail_read_counts_records_not_the_offsets_markers_take(backend: Backend) -> None:
+    from core.streaming.topic_reader import read_topics
+
+    out = await backend.topic(partitions=1)
+    txn = await backend.transactional_producer(backend.name_for("txn"))
+    for n in range(4):
+        await txn.begin_transaction()
+        await (await txn.send(out, f"r{n}".encode()))
+        if n == 2:
+            await txn.abort_transaction()
+        else:
+            await txn.commit_transaction()
+
+    last_two = await read_topics(backend.settings, [out], tail=2)
+    everything = await read_topics(backend.settings, [out])
+
+    assert _values(everything) == [b"r0", b"r1", b"r3"]
+    assert _values(last_two) == [b"r1", b"r3"], "8 offsets hold 3 committed records"

@@ -83,7 +83,10 @@ async def test_a_handler_past_its_timeout_fails_its_attempt_and_shows_in_health(
 
     async with StreamTestHarness() as harness:
         orchestrator = service(
-            harness.settings, handle, handler_timeout_s=0.2, retry_attempts=2,
+            harness.settings,
+            handle,
+            handler_timeout_s=0.2,
+            retry_attempts=2,
             retry_backoff_initial_ms=1,
         )
         async with harness.running(orchestrator):
@@ -163,13 +166,15 @@ async def test_waiting_on_another_live_owners_claim_is_visible() -> None:
         async with harness.running(a), harness.running(b):
             await eventually(
                 lambda: all(len(s.consumers[0].assignment()) == 1 for s in (a, b)),
-                10, "one partition per member",
+                10,
+                "one partition per member",
             )
             for key in keys_for_partitions(2):
                 await harness.publish_raw("in", envelope("X"), key=key)
             await eventually(
                 lambda: sum(f.dispatcher.in_flight for s in (a, b) for f in s.flows) == 2,
-                10, "both copies in flight",
+                10,
+                "both copies in flight",
             )
             await asyncio.sleep(0.3)
             reports = [await s.health() for s in (a, b)]

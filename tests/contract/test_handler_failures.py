@@ -48,5 +48,5 @@ async def test_a_handler_raising_a_base_exception_fails_only_its_message(
     assert handled == [0, 2, 3]
     assert attempts == 2
     assert [(d.error_type or "").rsplit(".", 1)[-1] for d in dead] == ["HandlerCancelledError"]
-    assert raised.__name__ in dead[0].headers["dlq.exception.message"]
+    assert raised.__name__ in dead[0].header("dlq.exception.message")
     assert health["live"] and health["ready"]

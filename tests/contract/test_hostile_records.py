@@ -38,9 +38,9 @@ async def test_a_record_whose_dead_letter_cannot_fit_is_dead_lettered_as_a_refer
     assert handled == [1, 2]
     assert len(dead) == 1
     letter = dead[0]
-    assert letter.headers["dlq.reference"] == "true"
-    assert letter.headers["dlq.original.offset"] == "1"
-    assert int(letter.headers["dlq.original.size"]) > len(big)
+    assert letter.header("dlq.reference") == "true"
+    assert letter.header("dlq.original.offset") == "1"
+    assert int(letter.header("dlq.original.size")) > len(big)
     assert len(letter.value or b"") < 20_000
     assert originals[1].value == big, "the original stays readable at its source offset"
     assert health["ready"]
@@ -58,7 +58,10 @@ async def test_null_header_values_and_huge_keys_pass_through(backend: Backend) -
     orchestrator = service(backend.settings, handle, topics=[source], group=backend.topic("g"))
     async with harness.running(orchestrator):
         await harness.publish_raw(
-            source, b"not json", key=huge_key, headers=[("n", None), ("ok", b"1")]  # type: ignore[list-item]
+            source,
+            b"not json",
+            key=huge_key,
+            headers=[("n", None), ("ok", b"1")],  # type: ignore[list-item]
         )
         await harness.publish(source, {"n": 1}, key="k")
         await harness.wait_idle(timeout_s=30)
@@ -96,7 +99,24 @@ async def test_a_record_the_client_cannot_read_is_dead_lettered_as_a_reference(
         health = await orchestrator.health()
     dead = await harness.read_dead_letters(source)
     assert handled == [1, 2]
-    assert len(dead) == 1 and dead[0].headers["dlq.reference"] == "true"
-    assert dead[0].headers["dlq.original.offset"] == "1"
-    assert "UTF-8" in (dead[0].headers["dlq.exception.message"] or "")
+    assert len(dead) == 1 and dead[0].header("dlq.reference") == "true"
+    assert dead[0].header("dlq.original.offset") == "1"
+    assert "UTF-8" in (dead[0].header("dlq.exception.message") or "")
     assert health["ready"]
+
+
+async def test_a_too_large_record_is_refused_with_its_size_headers_included(
+    backend: Backend,
+) -> None:
+    from core.streaming.errors import MessageTooLargeError
+    from core.streaming.infrastructure.message_producer import MessageProducer
+
+    source = await backend.create_topic("in")
+    producer = MessageProducer(backend.settings.redpanda, "sizer")
+    try:
+        with pytest.raises(MessageTooLargeError) as info:
+            await producer.send_raw(source, b"k", b"v" * 600_000, [("h", b"x" * 600_000)])
+    finally:
+        await producer.stop()
+    sizes = [int(word) for word in str(info.value).replace(",", "").split() if word.isdigit()]
+    assert max(sizes) >= 1_200_000, str(info.value)

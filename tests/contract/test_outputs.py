@@ -32,8 +32,14 @@ async def test_an_enqueued_output_refused_at_its_ack_fails_the_input(backend: Ba
         await orchestrator.producer.enqueue(out, str(n), {"n": n, "pad": padding})
 
     orchestrator = service(
-        backend.settings, handle, topics=[source], group=backend.topic("g"), dedup=False,
-        producer=True, retry_attempts=3, retry_backoff_initial_ms=1,
+        backend.settings,
+        handle,
+        topics=[source],
+        group=backend.topic("g"),
+        dedup=False,
+        producer=True,
+        retry_attempts=3,
+        retry_backoff_initial_ms=1,
     )
     harness = backend.harness
     async with harness.running(orchestrator):
@@ -45,7 +51,7 @@ async def test_an_enqueued_output_refused_at_its_ack_fails_the_input(backend: Ba
     assert outputs == [1, 3], "the other inputs' outputs arrive, the refused one never"
     assert len(dead) == 1 and b'"n":2' in (dead[0].value or b"")
     assert (dead[0].error_type or "").endswith("OutputFailedError")
-    assert "TooLarge" in (dead[0].headers["dlq.exception.message"] or "")
+    assert "TooLarge" in (dead[0].header("dlq.exception.message") or "")
     assert attempts[2] == 3, "a failed output is retried, then dead-lettered"
 
 

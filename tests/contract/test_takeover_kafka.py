@@ -33,7 +33,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_a_killed_members_claims_are_taken_over_by_the_new_owner(
-    kafka_bootstrap: str, redis_url: str, kafka_admin: KafkaAdmin, unique_name: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    kafka_admin: KafkaAdmin,
+    unique_name: str,
     tmp_path: Path,
 ) -> None:
     topic = await kafka_admin.create_topic(unique_name, partitions=1)
@@ -41,9 +44,15 @@ async def test_a_killed_members_claims_are_taken_over_by_the_new_owner(
     ids = await produce(kafka_bootstrap, topic, [("k", {"n": n}) for n in range(10)])
     started = tmp_path / "started"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "tests/contract/stuck_member.py"),
-        kafka_bootstrap, redis_url, topic, group, str(started),
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        sys.executable,
+        str(ROOT / "tests/contract/stuck_member.py"),
+        kafka_bootstrap,
+        redis_url,
+        topic,
+        group,
+        str(started),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         await eventually(started.exists, 60, "the doomed member to start its handler")

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTS = ["docs/writing-a-service.md", "README.md"]
+DOCUMENTS = ["docs/writing-a-service.md", "docs/migration.md", "README.md"]
 EXAMPLE_PREFIX = "example"
 
 _FENCE = re.compile(r"^```[ \t]*python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)

@@ -19,7 +19,7 @@ from core.config.settings import RedpandaSettings
 from core.streaming.clients import ConsumerClient, ConsumerOptions, create_consumer
 from core.streaming.errors import ClientClosedError
 from core.streaming.infrastructure.closing import bounded_close
-from core.streaming.infrastructure.consumed_message import ConsumedMessage, decode_record
+from core.streaming.infrastructure.consumed_message import ConsumedMessage, decode_records
 from core.streaming.infrastructure.offset_tracker import CommitPolicy, PartitionOffsets
 from core.streaming.types import TopicPartition
 
@@ -137,13 +137,22 @@ class MessageConsumer:
         self, timeout_ms: int | None = None, max_records: int | None = None
     ) -> list[ConsumedMessage]:
         """Fetch the next batch (possibly empty), decoded, in partition order."""
+        out: list[ConsumedMessage] = []
+        for _, messages in await self.fetch_partitioned(timeout_ms, max_records):
+            out.extend(messages)
+        return out
+
+    async def fetch_partitioned(
+        self, timeout_ms: int | None = None, max_records: int | None = None
+    ) -> list[tuple[TopicPartition, list[ConsumedMessage]]]:
+        """Fetch the next batch, decoded, as one list of messages per partition."""
         client = self.client
         limit = self.max_poll_records if max_records is None else max(1, max_records)
         batches = await client.getmany(
             timeout_ms=self.fetch_timeout_ms if timeout_ms is None else timeout_ms,
             max_records=min(limit, self.max_poll_records),
         )
-        out: list[ConsumedMessage] = []
+        out: list[tuple[TopicPartition, list[ConsumedMessage]]] = []
         for tp, records in batches.items():
             if not records:
                 continue
@@ -153,8 +162,7 @@ class MessageConsumer:
             if state.committed is None and state.next_position is None:
                 state.committed = records[0].offset  # where the group's last commit left us
             state.fetched_many([r.offset for r in records])
-            epoch = state.generation
-            out.extend([decode_record(record, epoch) for record in records])
+            out.append((tp, decode_records(records, state.generation)))
         return out
 
     async def consume(self) -> AsyncIterator[ConsumedMessage]:
@@ -179,6 +187,20 @@ class MessageConsumer:
         state.finish(record.offset)
         self._finished_since_commit += 1
         return True
+
+    def finish_many(self, messages: Sequence[ConsumedMessage]) -> None:
+        """:meth:`mark_finished` for many messages (one lookup per partition run)."""
+        offsets = self._offsets
+        key: tuple[int, str] | None = None
+        state: PartitionOffsets | None = None
+        for message in messages:
+            record = message.record
+            if key is None or key[0] != record.partition or key[1] != record.topic:
+                key = (record.partition, record.topic)
+                state = offsets.get(TopicPartition(record.topic, record.partition))
+            if state is not None and state.generation == message.generation:
+                state.finish(record.offset)
+        self._finished_since_commit += len(messages)
 
     def pending_offsets(
         self, partitions: set[TopicPartition] | None = None
@@ -272,30 +294,22 @@ class MessageConsumer:
         state = self._offsets.get(tp)
         return None if state is None else state.generation
 
-    async def restart_from_committed(self, partitions: set[TopicPartition]) -> None:
-        """Fetch ``partitions`` again from the group's committed offsets (stable once an
-        exactly-once flow's producer fenced the previous owner), forgetting what was
-        fetched; no yield after the last lookup, so the caller can mark them ready at once.
-        """
+    def restart_at(self, offsets: Mapping[TopicPartition, int | None]) -> None:
+        """Fetch assigned partitions again from ``offsets`` (None: where their assignment
+        began), forgetting what was fetched of them (their old messages become stale)."""
         client = self._client
         if client is None:
             return
-        assigned = client.assignment()
-        chosen = [tp for tp in partitions if tp in assigned]
-        found = {tp: await client.committed(tp) for tp in chosen}
-        # No await from here on: the partitions move to their new state at once.
         self._epoch += 1
         assigned = client.assignment()
-        for tp in chosen:
-            if tp not in assigned:
-                continue  # revoked while its commit was looked up
+        for tp, offset in offsets.items():
             old = self._offsets.get(tp)
-            committed = found[tp]
-            if committed is None and old is not None:
-                committed = old.committed  # where this assignment started fetching
-            if committed is not None:
-                client.seek(tp, committed)
-            self._offsets[tp] = PartitionOffsets(self._epoch, committed=committed)
+            if offset is None and old is not None:
+                offset = old.committed  # where this assignment started fetching
+            if tp in assigned:
+                if offset is not None:
+                    client.seek(tp, offset)
+                self._offsets[tp] = PartitionOffsets(self._epoch, committed=offset)
 
     def group_generation_of(self, tp: TopicPartition) -> int:
         """The group generation in which this member was given ``tp`` (-1 if unknown)."""

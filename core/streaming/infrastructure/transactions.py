@@ -39,7 +39,6 @@ def transactional_id_for(group_id: str, tp: TopicPartition) -> str:
 
 
 ProducerFactory = Callable[..., TransactionalProducerClient]
-Restart = Callable[[set[TopicPartition]], Awaitable[None]]
 
 
 class PartitionTransactions:
@@ -65,17 +64,17 @@ class PartitionTransactions:
         self.fenced_total = 0
         self.opened_total = 0
         self.last_error: str | None = None
-        self._restart: Restart | None = None
-        self._assignment: Callable[[], set[TopicPartition]] = set
+        self._consumer: Any = None
         self._starting: set[TopicPartition] = set()
         self._retry: asyncio.Task[None] | None = None
         self._reclaims: set[asyncio.Task[None]] = set()
+        #: Called when a partition's producer is found fenced.
+        self.on_fenced: Callable[[], None] | None = None
 
-    def set_restart(self, restart: Restart, assignment: Callable[[], set[TopicPartition]]) -> None:
-        """How to fetch partitions again from their committed offsets once they are ours,
-        and which partitions the group gives this member now."""
-        self._restart = restart
-        self._assignment = assignment
+    def set_consumer(self, consumer: Any) -> None:
+        """The flow's ``MessageConsumer``: its partitions are fetched again from their
+        committed offsets once their producers started."""
+        self._consumer = consumer
 
     async def assign(self, partitions: set[TopicPartition]) -> None:
         """Take newly assigned partitions over: fence their previous owners, then have
@@ -100,8 +99,14 @@ class PartitionTransactions:
         await self._restarted(set(partitions))
 
     async def _restarted(self, partitions: set[TopicPartition]) -> None:
-        if self._restart is not None:
-            await self._restart(partitions)
+        """Fetch ``partitions`` again from their committed offsets, stable now that their
+        producers fenced the previous owners, and mark them ready in the same step."""
+        consumer = self._consumer
+        if consumer is not None and consumer.is_running:
+            client = consumer.client
+            owned = [tp for tp in partitions if tp in client.assignment()]
+            found = {tp: await client.committed(tp) for tp in owned}
+            consumer.restart_at(found)  # no await between this and the line below
         self._starting -= partitions
 
     async def _retry_assign(self) -> None:
@@ -211,6 +216,8 @@ class PartitionTransactions:
         if ptx.reported:
             return
         ptx.reported = True
+        if self.on_fenced is not None:
+            self.on_fenced()
         task = asyncio.create_task(self._reclaim(ptx), name=f"reclaim-{ptx.transactional_id}")
         self._reclaims.add(task)
         task.add_done_callback(self._reclaims.discard)
@@ -229,7 +236,9 @@ class PartitionTransactions:
     async def _reclaim(self, ptx: PartitionTransaction) -> None:
         await asyncio.sleep(2 * self.config.session_timeout_ms / 1000)
         tp = ptx.tp
-        if self._partitions.get(tp) is not ptx or tp not in self._assignment():
+        consumer = self._consumer
+        owned = consumer is not None and consumer.is_running and tp in consumer.assignment()
+        if self._partitions.get(tp) is not ptx or not owned:
             return  # revoked meanwhile: the new owner has it
         logger.warning(
             "group %s: %s[%d] is still assigned here after its producer was fenced "

@@ -105,6 +105,7 @@ class KafkaProducerClient:
             )
         except MessageSizeTooLargeError as exc:
             size = len(value or b"") + len(key or b"")
+            size += sum(len(k) + len(v or b"") for k, v in headers or ())
             raise MessageTooLargeError(
                 f"record for {topic} is about {size} bytes, above the limit of "
                 f"{self._max_request_size} bytes; nothing was sent"
@@ -126,4 +127,3 @@ class KafkaProducerClient:
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(await self._producer.partitions_for(topic))
-

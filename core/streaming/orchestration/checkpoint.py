@@ -84,21 +84,23 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ intake
 
-    def add(self, batch: Sequence[ConsumedMessage]) -> None:
-        """Take the final messages of a finished run (others are left alone)."""
-        finish = self.consumer.mark_finished
+    def add(self, batch: Sequence[ConsumedMessage]) -> list[ConsumedMessage]:
+        """Take the final messages of a finished run; returns the others (not final)."""
         held = self.dedup.held if self.dedup is not None else None
         window = self._window
-        added = 0
+        ready: list[ConsumedMessage] = []
+        unfinished: list[ConsumedMessage] = []
         for message in batch:
-            if message.outcome not in FINAL_OUTCOMES:
-                continue
-            added += 1
-            if message.outputs is None and (held is None or message not in held):
-                finish(message)
+            outcome = message.outcome
+            if outcome is None or outcome is Outcome.FAILED:
+                unfinished.append(message)
+            elif message.outputs is None and (held is None or message not in held):
+                ready.append(message)
             else:
                 window.append(message)
-        self._since_commit += added
+        self.consumer.finish_many(ready)
+        self._since_commit += len(batch) - len(unfinished)
+        return unfinished
 
     @property
     def pending(self) -> int:
@@ -159,8 +161,7 @@ class Checkpoint:
             else:
                 self._window.extend(keep)
             # 3. finish what passed
-            for message in ready:
-                self.consumer.mark_finished(message)
+            self.consumer.finish_many(ready)
             # 4. commit contiguous finished offsets
             offsets = self.consumer.pending_offsets(partitions)
             if not offsets:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
+from core.streaming.infrastructure.consumed_message import ConsumedMessage
 from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.orchestration.checkpoint import Checkpoint
 from core.streaming.orchestration.dispatcher import Dispatcher, LaneCrashedError, OrderingMode
@@ -89,8 +89,10 @@ class ConsumerFlow:
         consumer.set_revocation_hook(self._on_revoke)
         if self.transactions is not None:
             # Fence the previous owners, then fetch again from the (now stable) commit.
-            self.transactions.set_restart(consumer.restart_from_committed, consumer.assignment)
+            self.transactions.set_consumer(consumer)
             consumer.set_assignment_hook(self.transactions.assign)
+            # A fenced partition's runs stop between messages (see _leaving).
+            self.transactions.on_fenced = lambda: reliability_layer.halt(True)
 
     def _new_dispatcher(self) -> Dispatcher:
         per_message = self.consumer.commit_policy.per_message
@@ -146,31 +148,26 @@ class ConsumerFlow:
                 await self._backpressure()
                 continue
             room = self.options.max_in_flight - dispatcher.in_flight
-            batch = await consumer.fetch_batch(max_records=room)
+            fetched = await consumer.fetch_partitioned(max_records=room)
             self.outage = None
-            if batch:
-                self._take(batch)
+            if fetched:
+                self._take(fetched)
             if checkpoint.due():
                 checkpoint.request()
             self._observe()
 
-    def _take(self, batch: list[ConsumedMessage]) -> None:
-        """Count a fetched batch, start its dedup claims and queue it on the lanes."""
-        topic, count = batch[0].topic, 0
-        for message in batch:
-            if message.topic != topic:
-                self.sensor.on_consumed(topic, count)
-                topic, count = message.topic, 0
-            count += 1
-        self.sensor.on_consumed(topic, count)
-        if self.layer.dedup_step is not None:
-            self.layer.dedup_step.claim_ahead(batch)
-        self.dispatcher.submit_many(batch)
+    def _take(self, fetched: list[tuple[TopicPartition, list[ConsumedMessage]]]) -> None:
+        """Count fetched messages, start their dedup claims, queue them on the lanes."""
+        dedup = self.layer.dedup_step
+        for tp, messages in fetched:
+            self.sensor.on_consumed(tp.topic, len(messages))
+            if dedup is not None:
+                dedup.claim_ahead(messages)
+            self.dispatcher.submit_partition(tp, messages)
 
     async def _run_done(self, run: list[ConsumedMessage]) -> None:
         """A lane finished a run: final messages go to the checkpoint, the rest let go."""
-        self.checkpoint.add(run)
-        unfinished = [m for m in run if m.outcome is None or m.outcome is Outcome.FAILED]
+        unfinished = self.checkpoint.add(run)
         if unfinished:
             await self._release(unfinished)
         if self.consumer.commit_policy.per_message:
@@ -219,9 +216,9 @@ class ConsumerFlow:
                     # Keep polling so the group does not take this member for dead;
                     # partitions assigned meanwhile are not paused yet and may yield.
                     last_poll = time.monotonic()
-                    batch = await consumer.fetch_batch(timeout_ms=0)
-                    if batch:
-                        self._take(batch)
+                    fetched = await consumer.fetch_partitioned(timeout_ms=0)
+                    if fetched:
+                        self._take(fetched)
                     consumer.pause()
         finally:
             if consumer.is_running:
@@ -243,6 +240,7 @@ class ConsumerFlow:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.revocation_timeout_s
         self._revoking |= partitions
+        self.layer.halt(True)
         try:
             await self._release(self.dispatcher.drop_queued(partitions))
             timeout = max(0.0, deadline - loop.time())
@@ -265,6 +263,7 @@ class ConsumerFlow:
                 await self.transactions.close(partitions)
             self.sensor.on_partitions_revoked(partitions)
             self._revoking -= partitions
+            self.layer.halt(bool(self._revoking))
 
     async def _cancel_recovery(self, partitions: set[TopicPartition] | None = None) -> None:
         tasks = [t for t in self._recovering if partitions is None or _task_in(t, partitions)]

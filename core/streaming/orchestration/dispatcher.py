@@ -5,8 +5,9 @@ The worker takes what is queued as one *run* (up to ``max_run`` messages) and
 processes it with one call. The ordering mode decides which lane a message takes:
 
 - ``partition``: one lane per partition (a partition's messages in order);
-- ``key``: ``concurrency`` lanes chosen by a hash of partition and key, so equal
-  keys keep their order and different keys run in parallel;
+- ``key``: ``concurrency`` lanes; a key is bound to one lane while any of its
+  messages is in flight (so equal keys keep their order) and new keys go to the
+  least busy lane (so different keys run in parallel, spread by load);
 - ``unordered``: ``concurrency`` lanes fed round-robin.
 
 After a run, its messages without an outcome (a run cut short) go back to the
@@ -116,6 +117,9 @@ class Dispatcher:
         self.keeps = keeps or (lambda message: True)
         self._lanes: dict[Hashable, _Lane] = {}
         self._round_robin = itertools.cycle(range(concurrency))
+        # Key ordering: key -> [lane, messages in flight]; keys bound per lane.
+        self._bindings: dict[Hashable, list[int]] = {}
+        self._lane_loads = [0] * concurrency
         self.in_flight = 0
         self.in_flight_bytes = 0
         self._idle = asyncio.Event()
@@ -127,29 +131,82 @@ class Dispatcher:
     def _lane_key(self, message: ConsumedMessage) -> Hashable:
         if self.ordering == "partition":
             record = message.record
-            return (record.topic, record.partition)
+            return record.partition, record.topic
         if self.ordering == "key":
             if self.concurrency == 1:
                 return 0
-            return hash((message.topic, message.partition, message.key)) % self.concurrency
+            return self._bind(message)
         return next(self._round_robin)
 
-    def submit_many(self, messages: Iterable[ConsumedMessage]) -> None:
-        """Queue each message on its lane."""
-        lanes = self._lanes
-        n = size = 0
+    def _bind(self, message: ConsumedMessage) -> int:
+        """The lane of a message's key: the one holding that key, else the least busy.
+
+        A key stays on one lane while any of its messages is in flight, so its
+        order holds; once none is, the key may move. Keys spread over lanes by
+        load rather than by hash, so ``concurrency`` lanes stay busy even when a
+        few keys would hash to the same one.
+        """
+        key = (message.record.partition, message.record.topic, message.record.key)
+        bound = self._bindings.get(key)
+        if bound is not None:
+            bound[1] += 1
+            return int(bound[0])
+        loads = self._lane_loads
+        lane = min(range(self.concurrency), key=loads.__getitem__)
+        loads[lane] += 1
+        self._bindings[key] = [lane, 1]
+        return lane
+
+    def _unbind(self, messages: list[ConsumedMessage]) -> None:
+        bindings, loads = self._bindings, self._lane_loads
         for message in messages:
-            key = self._lane_key(message)
-            lane = lanes.get(key)
-            if lane is None:
-                lane = lanes[key] = _Lane(key, self)
-            lane.push(message)
+            key = (message.record.partition, message.record.topic, message.record.key)
+            bound = bindings.get(key)
+            if bound is None:
+                continue
+            bound[1] -= 1
+            if bound[1] <= 0:
+                del bindings[key]
+                loads[bound[0]] -= 1
+
+    def submit_many(self, messages: Iterable[ConsumedMessage]) -> None:
+        """Queue each message on its lane (consecutive messages of one lane in one go)."""
+        lane_key = self._lane_key
+        n = size = 0
+        pending: list[ConsumedMessage] = []
+        current: Hashable = None
+        for message in messages:
+            key = lane_key(message)
+            if key != current and pending:
+                self._push(current, pending)
+                pending = []
+            current = key
+            pending.append(message)
             n += 1
-            size += message.size
+            size += message.nbytes
+        if pending:
+            self._push(current, pending)
         if n:
             self.in_flight += n
             self.in_flight_bytes += size
             self._idle.clear()
+
+    def _push(self, key: Hashable, messages: list[ConsumedMessage]) -> None:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane(key, self)
+        lane.queue.extend(messages)
+        lane._wakeup.set()
+
+    def submit_partition(self, tp: TopicPartition, messages: list[ConsumedMessage]) -> None:
+        """Queue one partition's fetched messages, in order."""
+        if self.ordering != "partition":
+            self.submit_many(messages)
+            return
+        self._push((tp.partition, tp.topic), messages)
+        self.in_flight += len(messages)
+        self.in_flight_bytes += sum([m.nbytes for m in messages])
+        self._idle.clear()
 
     def submit(self, message: ConsumedMessage) -> None:
         """Queue one message on its lane."""
@@ -171,8 +228,10 @@ class Dispatcher:
             self._left(leaving)
 
     def _left(self, messages: list[ConsumedMessage]) -> None:
+        if self._bindings:
+            self._unbind(messages)
         self.in_flight -= len(messages)
-        self.in_flight_bytes -= sum(m.size for m in messages)
+        self.in_flight_bytes -= sum([m.nbytes for m in messages])
         self._progress.set()
         if self.in_flight <= 0:
             self._idle.set()
@@ -265,5 +324,7 @@ class Dispatcher:
         await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
         self.in_flight = 0
         self.in_flight_bytes = 0
+        self._bindings.clear()
+        self._lane_loads = [0] * self.concurrency
         self._idle.set()
         return left

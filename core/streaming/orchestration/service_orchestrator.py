@@ -26,6 +26,7 @@ from core.streaming.reliability.reliability_layer import ReliabilityLayer
 
 logger = logging.getLogger(__name__)
 
+
 class _TopicEnsurer:
     """Creates the service's topics at start."""
 
@@ -154,6 +155,8 @@ class ServiceOrchestrator:
             self._supervisors.append(supervisor)
             register(f"loop[{flow.name}]", supervisor, Stage.LOOPS)
         if self._ops_server is not None:
+            if self._ops_server.live_provider is None:
+                self._ops_server.live_provider = self.liveness
             register("ops-server", self._ops_server, Stage.ENDPOINTS)
 
     # ------------------------------------------------------------------ lifecycle
@@ -213,6 +216,18 @@ class ServiceOrchestrator:
     def is_live(self) -> bool:
         """Every consumption loop is alive (has not given up)."""
         return self._status == "running" and all(s.alive for s in self._supervisors)
+
+    def liveness(self) -> dict[str, Any]:
+        """Cheap report for liveness probes: the process and its loops, no network call.
+
+        Not live only when a loop is dead or gave up while the service runs, or the
+        start failed; a broker or Redis outage leaves it live (readiness reports those).
+        """
+        loops = {s.flow.name: s.alive for s in self._supervisors}
+        live = self._status != "failed" and not any(s.gave_up for s in self._supervisors)
+        if self._status == "running":
+            live = live and all(loops.values())
+        return {"service": self.service_name, "status": self._status, "live": live, "loops": loops}
 
     def registries(self) -> list[CollectorRegistry]:
         """Metric registries exposed by this service."""

@@ -160,6 +160,7 @@ class FlowAssembler:
     metrics: MetricsCollector | None
     dlq_producer: MessageProducer | None
     shared_error_handler: ErrorHandler | None
+    dedup_shards: int = 1
 
     def add(self, spec: FlowSpec, flow_rel: ReliabilitySettings, *, dedup: bool) -> list[str]:
         """Add the flows of ``spec``; returns the topics they need created."""
@@ -256,6 +257,7 @@ class FlowAssembler:
                 processing_ttl_ms=flow_rel.dedup_processing_ttl_ms,
                 local_cache_size=flow_rel.dedup_local_cache_size,
                 failure_policy=flow_rel.dedup_failure_policy,
+                shards=self.dedup_shards,
                 metrics=self.metrics,
             )
         layer = ReliabilityLayer(

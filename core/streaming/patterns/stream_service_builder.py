@@ -240,6 +240,7 @@ class StreamServiceBuilder:
             metrics,
             dlq_producer,
             self._error_handler,
+            self.settings.redis.dedup_shard_count,
         )
         topics: list[str] = []
         for spec in self._flows:

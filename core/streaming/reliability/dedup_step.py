@@ -103,25 +103,28 @@ class DedupStep:
     def claim_ahead(self, batch: Sequence[ConsumedMessage]) -> None:
         """Start claiming a fetched batch's ids; lanes wait for the result when they run."""
         by_partition: dict[TopicPartition, list[tuple[ConsumedMessage, str]]] = {}
+        identity = self.identity
         for message in batch:
             if message.decode_error is not None:
                 continue
-            event_id = self.identity(message)
+            event_id = identity(message)
             if event_id is None:
                 continue
             message.identity = event_id
             message.claim = _WAIT_FOR_CLAIMS
-            by_partition.setdefault(message.topic_partition, []).append((message, event_id))
+            items = by_partition.get(message.topic_partition)
+            if items is None:
+                by_partition[message.topic_partition] = [(message, event_id)]
+            else:
+                items.append((message, event_id))
+        pending = self._pending
         for tp, items in by_partition.items():
             task = asyncio.create_task(self._claim(tp, items), name=f"claim-{tp.topic}")
             self._claim_tasks.add(task)
             task.add_done_callback(self._claim_tasks.discard)
-            for message, _ in items:
-                self._pending[message] = task
+            pending.update(dict.fromkeys([m for m, _ in items], task))
 
-    async def _claim(
-        self, tp: TopicPartition, items: list[tuple[ConsumedMessage, str]]
-    ) -> None:
+    async def _claim(self, tp: TopicPartition, items: list[tuple[ConsumedMessage, str]]) -> None:
         ids = [event_id for _, event_id in items]
         results = await self._with_store(
             lambda: self.dedup.claim_batch(
@@ -129,17 +132,18 @@ class DedupStep:
             )
         )
         given_up: list[tuple[str, str]] = []
+        pending, held, holders = self._pending, self.held, self.holders
         for (message, event_id), (result, token) in zip(items, results, strict=True):
             message.claim = result
             message.claim_token = token
-            if message not in self._pending:
+            if pending.pop(message, None) is None:
                 # Released while its claim was being made: give the claim straight back.
                 if token is not None:
                     given_up.append((event_id, token))
                 continue
-            del self._pending[message]
             if token is not None:
-                self._hold(message, event_id, token)
+                held[message] = (event_id, token)
+                holders[event_id] = message
         if given_up:
             await self.dedup.release_claims(given_up)
 
@@ -165,34 +169,35 @@ class DedupStep:
     # ------------------------------------------------------------------ in the chain
 
     async def __call__(self, batch: Batch, call_next: Next) -> None:
-        for message in batch:
-            task = self._pending.get(message)
-            if task is not None:
+        pending = self._pending
+        if pending:
+            for task in {pending[m] for m in batch if m in pending}:
                 await asyncio.shield(task)
+        reclaim = self._reclaim
         start = 0
-        while start < len(batch):
+        size = len(batch)
+        while start < size:
             end = start
-            while end < len(batch) and not self._must_wait(batch[end]):
+            while end < size:
                 message = batch[end]
-                if message.claim is ClaimResult.DUPLICATE and message.outcome is None:
+                claim = message.claim
+                if (
+                    claim is ClaimResult.IN_PROGRESS
+                    or claim is ClaimResult.HELD_HERE
+                    or (reclaim and message.outcome is None and message in reclaim)
+                ):
+                    break
+                if claim is ClaimResult.DUPLICATE and message.outcome is None:
                     message.outcome = Outcome.DUPLICATE
                 end += 1
             if end > start:
                 await call_next(batch[start:end])
                 if any(m.outcome is None for m in batch[start:end]):
                     break  # the run was cut short (stop, revocation): the rest waits
-            if end < len(batch):
+            if end < size:
                 await self._wait_for_claim(batch[end])
             start = end
         await self.release([m for m in batch if m.outcome in LEFT_FLOW])
-
-    def _must_wait(self, message: ConsumedMessage) -> bool:
-        claim = message.claim
-        return (
-            claim is ClaimResult.IN_PROGRESS
-            or claim is ClaimResult.HELD_HERE
-            or (message.outcome is None and message in self._reclaim)
-        )
 
     async def _wait_for_claim(self, message: ConsumedMessage) -> None:
         """Ask again, with backoff, until the id is ours, done, or bypassed."""
@@ -336,4 +341,3 @@ class DedupStep:
             "store_failing": self.store_failing,
             **self.dedup.health(),
         }
-

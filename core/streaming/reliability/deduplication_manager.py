@@ -1,27 +1,29 @@
 """Effectively-once side effects: claim an event id in Redis before handling it.
 
-An event id moves through three states in Redis, under the key
-``dedup:{service}:{consumer_group}:{event_id}``:
+An event id of one service and consumer group is, in Redis:
 
-- absent: nobody has handled it (or its record expired);
-- a claim ``p|<member>|<topic:partition>|<generation>|<n>``: a worker runs the
-  handler. Every claim has its own token, so two lanes of one process are as
-  distinct as two processes. It expires after ``processing_ttl_ms`` unless its
-  holder renews it (the flow renews held claims while their handlers run);
-- ``done``: handled; kept for ``ttl_seconds`` so redeliveries are skipped.
+- *unknown*: nobody has handled it (or its record aged out);
+- *claimed*: a field of the shard's claims hash holds ``<deadline>|<token>``, the
+  token being ``p|<member>|<topic:partition>|<generation>|<n>``. Every claim has
+  its own token, so two lanes of one process are as distinct as two processes.
+  It lapses at its deadline (``processing_ttl_ms`` after it was made or last
+  renewed; the flow renews what it holds while the handler runs);
+- *done*: a member of the shard's done set of the current or the previous time
+  bucket (buckets are ``ttl_seconds`` long), so an id counts as handled for
+  between ``ttl_seconds`` and twice that.
 
-A batch of one partition's ids is claimed with one script call (``SET NX PX``
-per id, atomically). A claim left on that partition by a member of an older
-group generation is *taken over*: the partition's new owner replaces it at
-once instead of waiting for it to expire, since Kafka has handed the partition
-over and the previous owner gave up or died. A live member's claim on another
-partition is waited for.
+Keeping ids in a few hashes and sets instead of a key per id is what makes a
+batch cheap for Redis: a claim is one script call per shard and partition (two
+set lookups, one hash lookup and one hash write, each for the whole batch), a
+done mark one pipelined ``SADD`` + ``HDEL``. Keys carry a hash tag per shard
+(``dedup:{<service>:<group>:<shard>}:...``), so every script touches one slot and
+runs on a Redis Cluster as well; ``shards`` spreads a busy flow over masters.
 
-Identity: ids longer than ``MAX_ID_LENGTH`` or holding separators are replaced
-in keys by their SHA-256, so a hostile id never becomes a huge Redis key.
-
-A bounded, true-LRU local cache remembers ids known to be done; each entry
-expires no later than the Redis record it mirrors (monotonic clock).
+A claim left on a partition by a member of an older group generation is taken
+over at once by the partition's new owner; a live claim elsewhere is waited for.
+Ids longer than ``MAX_ID_LENGTH`` or holding separators are replaced by their
+SHA-256. A bounded, true-LRU local cache remembers ids known to be done, each
+entry expiring no later than its Redis record (monotonic clock).
 
 When Redis is unreachable or answers with an error (READONLY, OOM, LOADING),
 ``failure_policy`` decides: ``fail_open`` runs the handler without dedup
@@ -32,10 +34,12 @@ message is dropped.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 import uuid
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
@@ -59,69 +63,105 @@ MAX_ID_LENGTH = 200
 WARN_INTERVAL_S = 10.0
 
 _STORE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_CLIENT_ERRORS, *REDIS_ERRORS)
+_SCRIPT_IDS = 1000
 
-# ARGV: 1 claim ms, 2 key prefix, 3 token base "p|member|tp|gen|", 4 first token number,
-# 5 member, 6 topic:partition, 7 generation, 8 newline-separated ids.
-# Returns {flags, remaining ms of each D}: C claimed, T taken over from an older
+_NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)"
+
+# KEYS: claims hash, done set of this bucket, of the previous one. ARGV: 1 claim ms,
+# 2 token base "p|member|tp|gen|", 3 first token number, 4 member, 5 topic:partition,
+# 6 generation, 7 the ids, newline-separated (one argument: far cheaper for the client
+# to send than one per id). One flag per id: C claimed, T taken over from an older
 # generation's owner of this partition, D done, H held by this member, P held elsewhere.
-_CLAIM_SCRIPT = """
-local prefix, base, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local member, tp, gen = ARGV[5], ARGV[6], tonumber(ARGV[7])
-local flags, ttls = {}, {}
-for id in string.gmatch(ARGV[8], '[^\\n]+') do
-  local key, token = prefix .. id, base .. n
-  n = n + 1
-  if redis.call('SET', key, token, 'NX', 'PX', ARGV[1]) then
-    flags[#flags + 1] = 'C'
-  else
-    local cur = redis.call('GET', key)
-    if cur == 'done' then
-      flags[#flags + 1] = 'D'
-      ttls[#ttls + 1] = redis.call('PTTL', key)
-    else
-      local m, ctp, cgen = string.match(cur or '', '^p|([^|]*)|([^|]*)|([^|]*)|')
+_CLAIM_SCRIPT = (
+    _NOW_MS
+    + """
+local ids = {}
+for id in string.gmatch(ARGV[7], '[^\\n]+') do ids[#ids + 1] = id end
+local done1 = redis.call('SMISMEMBER', KEYS[2], unpack(ids))
+local done2 = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
+local held = redis.call('HMGET', KEYS[1], unpack(ids))
+local base, first, member, tp = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local gen = tonumber(ARGV[6])
+local prefix = (now + tonumber(ARGV[1])) .. '|' .. base
+local flags, fields = {}, {}
+for i = 1, #ids do
+  local flag = 'C'
+  if done1[i] == 1 or done2[i] == 1 then
+    flag = 'D'
+  elseif held[i] then
+    local until_ms, m, ctp, cgen = string.match(held[i], '^(%d+)|p|([^|]*)|([^|]*)|([^|]*)|')
+    if until_ms and tonumber(until_ms) > now then
       if m == member then
-        flags[#flags + 1] = 'H'
-      elseif m and ctp == tp and gen >= 0 and (tonumber(cgen) or 0) < gen then
-        redis.call('SET', key, token, 'PX', ARGV[1])
-        flags[#flags + 1] = 'T'
+        flag = 'H'
+      elseif ctp == tp and gen >= 0 and (tonumber(cgen) or 0) < gen then
+        flag = 'T'
       else
-        flags[#flags + 1] = 'P'
+        flag = 'P'
       end
     end
   end
+  if flag == 'C' or flag == 'T' then
+    fields[#fields + 1] = ids[i]
+    fields[#fields + 1] = prefix .. (first + i - 1)
+  end
+  flags[i] = flag
 end
-return {table.concat(flags), ttls}
-"""
-
-# ARGV: 1 record lifetime ms, 2 key prefix, 3 newline-separated ids. Marks each done.
-_DONE_SCRIPT = """
-local n = 0
-for id in string.gmatch(ARGV[3], '[^\\n]+') do
-  redis.call('SET', ARGV[2] .. id, 'done', 'PX', ARGV[1])
-  n = n + 1
+if #fields > 0 then
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('PEXPIRE', KEYS[1], 4 * tonumber(ARGV[1]))
 end
-return n
+return table.concat(flags)
 """
+)
 
-# ARGV: 1 claim ms (0: delete instead), 2 key prefix, 3 lines "id<TAB>token".
-# Renews (or deletes) each claim still holding its token; returns one 1/0 flag per line.
-_HELD_SCRIPT = """
+# KEYS[1]: claims hash. ARGV: 1 claim ms (0: release), 2 lines "id<TAB>token". Renews (or
+# deletes) each claim still holding its token; one 1/0 flag per line.
+_HELD_SCRIPT = (
+    _NOW_MS
+    + """
 local flags = {}
-for id, token in string.gmatch(ARGV[3], '([^\\t\\n]+)\\t([^\\n]+)') do
-  local key = ARGV[2] .. id
-  if redis.call('GET', key) == token then
-    if ARGV[1] == '0' then redis.call('DEL', key) else redis.call('PEXPIRE', key, ARGV[1]) end
+local ms = tonumber(ARGV[1])
+for id, token in string.gmatch(ARGV[2], '([^\\t\\n]+)\\t([^\\n]+)') do
+  local cur = redis.call('HGET', KEYS[1], id)
+  if cur and string.match(cur, '^%d+|(.*)$') == token then
+    if ms == 0 then
+      redis.call('HDEL', KEYS[1], id)
+    else
+      redis.call('HSET', KEYS[1], id, (now + ms) .. '|' .. token)
+    end
     flags[#flags + 1] = '1'
   else
     flags[#flags + 1] = '0'
   end
 end
+if ms > 0 then
+  redis.call('PEXPIRE', KEYS[1], 4 * ms)
+end
 return table.concat(flags)
 """
+)
 
-# KEYS[1]: one dedup key. Returns {value or false, remaining ms}.
-_PEEK_SCRIPT = "return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}"
+# KEYS: claims hash, done set of this bucket. ARGV: 1 how long the set is kept (ms),
+# 2 the ids, newline-separated. Marks them done and drops their claims.
+_DONE_SCRIPT = """
+local ids = {}
+for id in string.gmatch(ARGV[2], '[^\\n]+') do ids[#ids + 1] = id end
+redis.call('SADD', KEYS[2], unpack(ids))
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], unpack(ids))
+return #ids
+"""
+
+# KEYS[1]: claims hash. ARGV[1]: one id. Returns {the claim or false, ms left}.
+_PEEK_CLAIM_SCRIPT = (
+    _NOW_MS
+    + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return {false, 0} end
+local until_ms, token = string.match(cur, '^(%d+)|(.*)$')
+return {token, tonumber(until_ms) - now}
+"""
+)
 
 
 class ClaimResult(StrEnum):
@@ -162,10 +202,12 @@ def key_id(event_id: str) -> str:
 class DeduplicationManager:
     """Claims, completes and releases event ids in Redis for one service and group.
 
-    ``ttl_seconds`` is how long a ``done`` record (and a local cache entry) lives;
-    ``processing_ttl_ms`` how long an unrenewed claim lives; ``clock`` is the
-    monotonic clock that ages the local cache. ``sensor`` is told about store
-    outages and taken-over claims.
+    ``ttl_seconds`` is how long a done id is remembered (at least; at most twice
+    that); ``processing_ttl_ms`` how long an unrenewed claim lives; ``shards``
+    how many claims hashes and done sets the ids spread over (one per hash slot
+    on a cluster); ``clock`` is the monotonic clock that ages the local cache,
+    ``wall_clock`` picks the time bucket of done sets. ``sensor`` is told about
+    store outages and taken-over claims.
     """
 
     def __init__(
@@ -178,7 +220,9 @@ class DeduplicationManager:
         processing_ttl_ms: int = 60_000,
         local_cache_size: int = 10_000,
         failure_policy: FailurePolicy = "fail_open",
+        shards: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         metrics: Any = None,
         sensor: Sensor | None = None,
     ) -> None:
@@ -190,6 +234,8 @@ class DeduplicationManager:
             raise ValueError("local_cache_size must not be negative")
         if failure_policy not in ("fail_open", "fail_closed"):
             raise ValueError(f"unknown failure_policy {failure_policy!r}")
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
         self.redis_client = redis_client
         self.service_name = service_name
         self.consumer_group = consumer_group or DEFAULT_GROUP
@@ -197,19 +243,23 @@ class DeduplicationManager:
         self.processing_ttl_ms = processing_ttl_ms
         self.local_cache_size = local_cache_size
         self.failure_policy: FailurePolicy = failure_policy
+        self.shards = shards
         if sensor is None and metrics is not None:
             sensor = metrics.for_flow(self.consumer_group)
         self.sensor = sensor or Sensor()
         self._clock = clock
-        self._key_prefix = f"{KEY_PREFIX}:{service_name}:{self.consumer_group}:"
+        self._wall_clock = wall_clock
+        self._tags = [
+            f"{KEY_PREFIX}:{{{service_name}:{self.consumer_group}:{n}}}" for n in range(shards)
+        ]
         self.member = uuid.uuid4().hex
         self._next_token = 0
         self._held: dict[str, str] = {}  # single-id API: event id -> our token
         self._local: OrderedDict[str, float] = OrderedDict()
         self._claim_script = redis_client.register_script(_CLAIM_SCRIPT)
-        self._done_script = redis_client.register_script(_DONE_SCRIPT)
         self._held_script = redis_client.register_script(_HELD_SCRIPT)
-        self._peek_script = redis_client.register_script(_PEEK_SCRIPT)
+        self._done_script = redis_client.register_script(_DONE_SCRIPT)
+        self._peek_claim_script = redis_client.register_script(_PEEK_CLAIM_SCRIPT)
         self._last_warning: float | None = None
         self._suppressed_warnings = 0
         self.unavailable_count = 0
@@ -217,9 +267,31 @@ class DeduplicationManager:
 
     # ------------------------------------------------------------------ keys, cache
 
+    def shard_of(self, event_id: str) -> int:
+        """The shard holding ``event_id`` (the same in every process)."""
+        if self.shards == 1:
+            return 0
+        return zlib.crc32(key_id(event_id).encode("utf-8", "surrogatepass")) % self.shards
+
+    def claims_key(self, shard: int) -> str:
+        """The claims hash of a shard."""
+        return f"{self._tags[shard]}:claims"
+
+    def done_key(self, shard: int, bucket: int) -> str:
+        """The done set of a shard for one time bucket."""
+        return f"{self._tags[shard]}:done:{bucket}"
+
+    def current_bucket(self) -> int:
+        """The time bucket done ids are written to now."""
+        return int(self._wall_clock() // self.ttl_seconds)
+
+    def _done_lifetime(self, bucket: int) -> float:
+        """Seconds an id found done now is still certainly remembered (to bucket's end)."""
+        return max(0.0, (bucket + 1) * self.ttl_seconds - self._wall_clock())
+
     def key_for(self, event_id: str) -> str:
-        """The Redis key of ``event_id`` for this service and consumer group."""
-        return self._key_prefix + key_id(event_id)
+        """Where ``event_id``'s claim lives: the claims hash of its shard."""
+        return self.claims_key(self.shard_of(event_id))
 
     def _cache_hit(self, event_id: str) -> bool:
         expires = self._local.get(event_id)
@@ -231,13 +303,14 @@ class DeduplicationManager:
         self._local.move_to_end(event_id)
         return True
 
-    def _cache_add(self, event_id: str, expires_at: float) -> None:
+    def _cache_add(self, event_ids: Iterable[str], expires_at: float) -> None:
         if self.local_cache_size == 0:
             return
-        self._local[event_id] = expires_at
-        self._local.move_to_end(event_id)
-        while len(self._local) > self.local_cache_size:
-            self._local.popitem(last=False)
+        local = self._local
+        for event_id in event_ids:
+            local[event_id] = expires_at
+        while len(local) > self.local_cache_size:
+            local.popitem(last=False)
 
     def cached(self, event_id: str) -> bool:
         """True when the local cache knows ``event_id`` is done (no round trip)."""
@@ -281,64 +354,104 @@ class DeduplicationManager:
     async def claim_batch(
         self, event_ids: Sequence[str], *, partition: str = "", generation: int = -1
     ) -> list[tuple[ClaimResult, str | None]]:
-        """Claim ids of one partition in one round trip; one (result, token) per id, in order.
+        """Claim ids of one partition; one (result, token) per id, in order.
 
-        ``partition`` (``topic:partition``) and ``generation`` (the group generation
-        of our assignment of it) let a new owner take over claims a previous
-        owner of the partition left; ``generation`` -1 never takes over. An id
-        repeated in the batch gets ``HELD_HERE`` after its first occurrence.
+        One script call per shard, pipelined. ``partition`` (``topic:partition``)
+        and ``generation`` (the group generation of our assignment of it) let a
+        new owner take over claims a previous owner of the partition left;
+        ``generation`` -1 never takes over. An id repeated in the batch gets
+        ``HELD_HERE`` after its first occurrence.
         """
         results: list[tuple[ClaimResult, str | None]] = [(ClaimResult.DUPLICATE, None)] * len(
             event_ids
         )
-        pending: list[int] = []
-        first_seen: dict[str, int] = {}
+        by_shard: dict[int, list[int]] = {}
+        first_seen: set[str] = set()
+        local = self._local
+        one_shard = self.shards == 1
         for i, event_id in enumerate(event_ids):
-            if self._cache_hit(event_id):
+            if event_id in local and self._cache_hit(event_id):
                 continue
             if event_id in first_seen:
                 results[i] = (ClaimResult.HELD_HERE, None)
                 continue
-            first_seen[event_id] = i
-            pending.append(i)
-        if not pending:
+            first_seen.add(event_id)
+            shard = 0 if one_shard else self.shard_of(event_id)
+            indexes = by_shard.get(shard)
+            if indexes is None:
+                by_shard[shard] = [i]
+            else:
+                indexes.append(i)
+        if not by_shard:
             return results
+        # Lua unpacks the ids onto its stack: at most _SCRIPT_IDS per call.
+        chunks = [
+            (shard, indexes[n : n + _SCRIPT_IDS])
+            for shard, indexes in by_shard.items()
+            for n in range(0, len(indexes), _SCRIPT_IDS)
+        ]
         base = f"{CLAIM_PREFIX}{self.member}|{partition}|{generation}|"
-        first = self._next_token
-        self._next_token += len(pending)
+        bucket = self.current_bucket()
         sent_at = self._clock()
-        try:
-            flags, ttls = await self._claim_script(
-                keys=[],
-                args=[
-                    self.processing_ttl_ms,
-                    self._key_prefix,
-                    base,
-                    first,
-                    self.member,
-                    partition,
-                    generation,
-                    "\n".join(key_id(event_ids[i]) for i in pending),
-                ],
+        calls: list[tuple[list[int], int]] = []
+        requests = []
+        for shard, indexes in chunks:
+            first = self._next_token
+            self._next_token += len(indexes)
+            calls.append((indexes, first))
+            requests.append(
+                self._claim_script(
+                    keys=[
+                        self.claims_key(shard),
+                        self.done_key(shard, bucket),
+                        self.done_key(shard, bucket - 1),
+                    ],
+                    args=[
+                        self.processing_ttl_ms,
+                        base,
+                        first,
+                        self.member,
+                        partition,
+                        generation,
+                        "\n".join(
+                            [
+                                e
+                                if len(e) <= MAX_ID_LENGTH and "\n" not in e and "\t" not in e
+                                else key_id(e)
+                                for e in [event_ids[i] for i in indexes]
+                            ]
+                        ),
+                    ],
+                )
             )
+        try:
+            # One script call per shard, concurrent (a pipeline would ask Redis
+            # whether its scripts are loaded first: one more round trip each time).
+            replies = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
         except _STORE_ERRORS as exc:
-            self._unavailable("claim", exc, len(pending))
-            for i in pending:
-                results[i] = (ClaimResult.BYPASSED, None)
+            pending = sum(len(indexes) for indexes, _ in calls) or len(first_seen)
+            self._unavailable("claim", exc, pending)
+            for indexes in by_shard.values():
+                for i in indexes:
+                    results[i] = (ClaimResult.BYPASSED, None)
             return results
-        remaining = iter(ttls)
+        done: list[str] = []
         taken = 0
-        text = flags.decode() if isinstance(flags, bytes) else flags
-        for n, (i, flag) in enumerate(zip(pending, text, strict=True)):
-            result = _FLAGS[flag]
-            token = f"{base}{first + n}" if result is ClaimResult.CLAIMED else None
-            if flag == "T":
-                taken += 1
-            elif flag == "D":
-                pttl = next(remaining)
-                if isinstance(pttl, int) and pttl > 0:
-                    self._cache_add(event_ids[i], sent_at + min(pttl / 1000, self.ttl_seconds))
-            results[i] = (result, token)
+        for (indexes, first), flags in zip(calls, replies, strict=True):
+            text = flags.decode() if isinstance(flags, bytes) else flags
+            for n, (i, flag) in enumerate(zip(indexes, text, strict=True)):
+                if flag == "C" or flag == "T":
+                    results[i] = (ClaimResult.CLAIMED, f"{base}{first + n}")
+                    taken += flag == "T"
+                elif flag == "D":
+                    results[i] = (ClaimResult.DUPLICATE, None)
+                    done.append(event_ids[i])
+                elif flag == "H":
+                    results[i] = (ClaimResult.HELD_HERE, None)
+                else:
+                    results[i] = (ClaimResult.IN_PROGRESS, None)
+        if done:
+            self._cache_add(done, sent_at + self._done_lifetime(bucket))
         if taken:
             self.taken_over += taken
             self.sensor.on_claims_taken_over(taken)
@@ -371,18 +484,17 @@ class DeduplicationManager:
     async def renew(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
         """Extend held claims ``(event_id, token)`` by ``processing_ttl_ms``; one flag each.
 
-        False means the claim is no longer ours (it expired, or a new owner of
-        the partition took it over). Under ``fail_open`` an unreachable store
-        counts as renewed; under ``fail_closed`` it raises.
+        False means the claim is no longer ours (it lapsed, or a new owner of the
+        partition took it over). Under ``fail_open`` an unreachable store counts
+        as renewed; under ``fail_closed`` it raises.
         """
         return await self._held_call("renew", claims, self.processing_ttl_ms)
 
     async def release_claims(self, claims: Sequence[tuple[str, str]]) -> None:
         """Drop held claims ``(event_id, token)`` so a retry or redelivery can run them.
 
-        Only keys still holding our token are deleted: never a ``done`` record,
-        never another worker's claim. An unreachable store is logged, not
-        raised: the claims then expire by themselves.
+        Only claims still holding our token are dropped, never another worker's.
+        An unreachable store is logged, not raised: the claims then lapse.
         """
         await self._held_call("release", claims, 0, may_raise=False)
 
@@ -391,14 +503,24 @@ class DeduplicationManager:
     ) -> list[bool]:
         if not claims:
             return []
-        packed = "\n".join(f"{key_id(event_id)}\t{token}" for event_id, token in claims)
+        by_shard: dict[int, list[int]] = {}
+        for i, (event_id, _) in enumerate(claims):
+            by_shard.setdefault(self.shard_of(event_id), []).append(i)
+        requests = []
+        for shard, indexes in by_shard.items():
+            lines = "\n".join([f"{key_id(claims[i][0])}\t{claims[i][1]}" for i in indexes])
+            requests.append(self._held_script(keys=[self.claims_key(shard)], args=[ms, lines]))
         try:
-            flags = await self._held_script(keys=[], args=[ms, self._key_prefix, packed])
+            replies = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
         except _STORE_ERRORS as exc:
             self._unavailable(operation, exc, len(claims), may_raise=may_raise)
             return [True] * len(claims)
-        text = flags.decode() if isinstance(flags, bytes) else flags
-        return [flag == "1" for flag in text]
+        flags = [False] * len(claims)
+        for indexes, reply in zip(by_shard.values(), replies, strict=True):
+            text = reply.decode() if isinstance(reply, bytes) else reply
+            for i, flag in zip(indexes, text, strict=True):
+                flags[i] = flag == "1"
+        return flags
 
     async def refresh(self, event_id: str) -> bool:
         """Renew our single-id claim on ``event_id``; False when it is no longer ours."""
@@ -418,10 +540,14 @@ class DeduplicationManager:
         claims = [(e, t) for e in event_ids if (t := self._held.pop(e, None)) is not None]
         await self.release_claims(claims)
 
+    async def drop_claim(self, event_id: str) -> None:
+        """Delete whatever claim ``event_id`` has, whoever holds it (an operator's tool)."""
+        await self.redis_client.hdel(self.key_for(event_id), key_id(event_id))
+
     # ------------------------------------------------------------------ completion
 
     async def mark_done_many(self, event_ids: Sequence[str]) -> None:
-        """Record a batch of ids as handled with one script call (one round trip).
+        """Record a batch of ids as handled (one pipelined round trip) and drop their claims.
 
         When the store fails the ids are still remembered in the local cache;
         then nothing else happens under ``fail_open``, and ``fail_closed`` raises
@@ -430,25 +556,39 @@ class DeduplicationManager:
         if not event_ids:
             return
         sent_at = self._clock()
+        bucket = self.current_bucket()
+        by_shard: dict[int, list[str]] = {}
+        for event_id in event_ids:
+            by_shard.setdefault(self.shard_of(event_id), []).append(key_id(event_id))
+        # Kept long enough to be the previous bucket for a whole bucket.
+        keep_ms = 2 * self.ttl_seconds * 1000 + 60_000
+        requests = []
+        for shard, ids in by_shard.items():
+            for n in range(0, len(ids), _SCRIPT_IDS):
+                requests.append(
+                    self._done_script(
+                        keys=[self.claims_key(shard), self.done_key(shard, bucket)],
+                        args=[keep_ms, "\n".join(ids[n : n + _SCRIPT_IDS])],
+                    )
+                )
         try:
-            await self._done_script(
-                keys=[],
-                args=[self.ttl_seconds * 1000, self._key_prefix, "\n".join(map(key_id, event_ids))],
-            )
+            if len(requests) == 1:
+                await requests[0]
+            else:
+                await asyncio.gather(*requests)
         except _STORE_ERRORS as exc:
-            for event_id in event_ids:
-                self._cache_add(event_id, sent_at + self.ttl_seconds)
+            self._cache_add(event_ids, sent_at + self.ttl_seconds)
             self._unavailable("mark_done", exc, len(event_ids))
             return
         for event_id in event_ids:
             self._held.pop(event_id, None)
-            self._cache_add(event_id, sent_at + self.ttl_seconds)
+        self._cache_add(event_ids, sent_at + self.ttl_seconds)
 
     async def mark_done(self, event_id: str) -> None:
-        """Record ``event_id`` as handled for ``ttl_seconds`` and cache it locally."""
+        """Record ``event_id`` as handled and cache it locally."""
         await self.mark_done_many((event_id,))
 
-    # ------------------------------------------------------------------ plan API
+    # ------------------------------------------------------------------ plan API, tools
 
     async def is_duplicate(self, event_id: str) -> bool:
         """True when ``event_id`` is recorded as handled; claims nothing.
@@ -460,15 +600,33 @@ class DeduplicationManager:
             return True
         sent_at = self._clock()
         try:
-            value, pttl = await self._peek_script(keys=[self.key_for(event_id)], args=[])
+            done = await self._done_in_redis(event_id)
         except _STORE_ERRORS as exc:
             self._unavailable("is_duplicate", exc, 1)
             return False
-        if value in (DONE, DONE.encode()):
-            if isinstance(pttl, int) and pttl > 0:
-                self._cache_add(event_id, sent_at + min(pttl / 1000, self.ttl_seconds))
-            return True
-        return False
+        if done:
+            self._cache_add((event_id,), sent_at + self._done_lifetime(self.current_bucket()))
+        return done
+
+    async def _done_in_redis(self, event_id: str) -> bool:
+        shard, bucket, kid = self.shard_of(event_id), self.current_bucket(), key_id(event_id)
+        async with self.redis_client.pipeline(transaction=False) as pipe:
+            pipe.sismember(self.done_key(shard, bucket), kid)
+            pipe.sismember(self.done_key(shard, bucket - 1), kid)
+            now, before = await pipe.execute()
+        return bool(now) or bool(before)
+
+    async def state(self, event_id: str) -> tuple[str | None, int]:
+        """What Redis holds for ``event_id``: (``"done"``, 0), (a claim token, ms left) or
+        (None, 0). For tools and tests; no local cache is consulted."""
+        if await self._done_in_redis(event_id):
+            return DONE, 0
+        token, left = await self._peek_claim_script(
+            keys=[self.key_for(event_id)], args=[key_id(event_id)]
+        )
+        if not token or left <= 0:
+            return None, 0
+        return (token.decode() if isinstance(token, bytes) else token), int(left)
 
     async def mark_processed(self, event_id: str) -> None:
         """Record ``event_id`` as handled (the plan's name for :meth:`mark_done`)."""

@@ -191,6 +191,9 @@ class ErrorHandler:
         self._exponential = wait_exponential(
             multiplier=self.backoff_initial_s, max=self.backoff_max_s
         )
+        self._wait_blocked = wait_exponential(
+            multiplier=max(self.backoff_initial_s, 0.1), max=dlq_retry_backoff_max_s
+        )
         self._stop = asyncio.Event()
         self._blocked = 0
         self.dead_lettered = 0
@@ -296,9 +299,7 @@ class ErrorHandler:
         message.error = error
 
     def _wait(self, attempts: int) -> float:
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = attempts
-        return self._retry_wait(state)
+        return self._retry_wait(_attempt_state(attempts))
 
     def _retry_wait(self, state: RetryCallState) -> float:
         """Exponential backoff (initial, 2x, 4x, ...) plus up to ``initial`` of jitter, capped."""
@@ -313,9 +314,7 @@ class ErrorHandler:
             message.location(),
             message.attempts,
         )
-        beyond = min(max(message.attempts - self.max_attempts, 0) + 1, 30)
-        delay: float = max(self.backoff_initial_s, 0.1) * 2.0**beyond
-        return min(delay, self.dlq_retry_backoff_max_s)
+        return self._wait_blocked(_attempt_state(message.attempts - self.max_attempts + 1))
 
     async def _sleep(self, delay: float, *, blocked: bool = False) -> bool:
         """Sleep ``delay`` seconds; False when retries are stopped first."""
@@ -410,3 +409,10 @@ class ErrorHandler:
         )
         self.dead_lettered += 1
         self.sensor.on_dead_letter(raw_message, error)
+
+
+def _attempt_state(attempt: int) -> RetryCallState:
+    """A tenacity call state at ``attempt``, for computing a wait outside a retry loop."""
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(1, attempt)
+    return state

@@ -22,8 +22,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
-from core.streaming.reliability.sensors import Sensor
+from core.streaming.infrastructure.consumed_message import ConsumedMessage
+from core.streaming.reliability.sensors import RunSummary, Sensor
 from core.streaming.types import TopicPartition
 
 PREFIX = "tradestream_"
@@ -336,32 +336,15 @@ class PrometheusSensor(Sensor):
     def on_consumed(self, topic: str, count: int) -> None:
         self.metrics.child(self.metrics._consumed, topic, self.group).inc(count)
 
-    def on_run_done(self, batch: Sequence[ConsumedMessage]) -> None:
-        topic = ""
-        handled = duplicates = 0
-        inc, durations, dup = self._topic(batch[0].topic) if batch else (None, None, None)
-        for message in batch:
-            if message.topic != topic:
-                if handled or duplicates:
-                    self._flush(inc, dup, handled, duplicates)
-                    handled = duplicates = 0
-                topic = message.topic
-                inc, durations, dup = self._topic(topic)
-            outcome = message.outcome
-            if outcome is Outcome.HANDLED:
-                handled += 1
-                durations.observe(message.duration)  # type: ignore[union-attr]
-            elif outcome is Outcome.DUPLICATE:
-                duplicates += 1
-        if handled or duplicates:
-            self._flush(inc, dup, handled, duplicates)
-
-    @staticmethod
-    def _flush(inc: Any, dup: Any, handled: int, duplicates: int) -> None:
-        if handled:
-            inc(handled)
-        if duplicates:
-            dup.inc(duplicates)
+    def on_run_done(self, batch: Sequence[ConsumedMessage], summary: RunSummary) -> None:
+        for topic, durations in summary.durations.items():
+            inc, histogram, _ = self._topic(topic)
+            inc(len(durations))
+            observe = histogram.observe
+            for seconds in durations:
+                observe(seconds)
+        for topic, count in summary.duplicates.items():
+            self._topic(topic)[2].inc(count)
 
     def on_failure(self, message: ConsumedMessage, error: BaseException) -> None:
         self.metrics.record_error(message.topic, error_type_of(error), self.group)

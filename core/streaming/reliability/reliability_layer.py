@@ -28,7 +28,12 @@ from core.streaming.reliability.dedup_step import DedupKey, DedupStep
 from core.streaming.reliability.deduplication_manager import DeduplicationManager
 from core.streaming.reliability.error_handler import ErrorHandler
 from core.streaming.reliability.metrics_collector import MetricsCollector
-from core.streaming.reliability.sensors import CountingSensor, Sensor, SensorDelegate
+from core.streaming.reliability.sensors import (
+    CountingSensor,
+    RunSummary,
+    Sensor,
+    SensorDelegate,
+)
 from core.streaming.reliability.steps import (
     Batch,
     BatchHandler,
@@ -56,7 +61,7 @@ class MetricsStep:
 
     async def __call__(self, batch: Batch, call_next: Next) -> None:
         await call_next(batch)
-        self.sensor.on_run_done(batch)
+        self.sensor.on_run_done(batch, RunSummary(batch))
 
 
 class ReliabilityLayer:
@@ -104,7 +109,7 @@ class ReliabilityLayer:
                 dedup_key=dedup_key,
                 generation_of=consumer.group_generation_of,
             )
-        self.stopping = False
+        self._stopping = False
         #: Exactly-once: a transaction per input partition (None: at-least-once).
         self.transactions = transactions
         self.transaction_step = (
@@ -162,8 +167,23 @@ class ReliabilityLayer:
         """Tell the invoker which messages belong to partitions being given up."""
         self._revoked = revoked
 
+    def halt(self, on: bool) -> None:
+        """Make the invoker check, between messages, whether to stop a run (or not)."""
+        self.invoker.halting = on or self.stopping
+
+    @property
+    def stopping(self) -> bool:
+        """True once the flow stops: runs end after their current message."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = value
+        if hasattr(self, "invoker"):
+            self.invoker.halting = value
+
     def _should_stop(self, message: ConsumedMessage) -> bool:
-        return self.stopping or self._revoked(message)
+        return self._stopping or self._revoked(message)
 
     @property
     def outcomes(self) -> dict[Outcome, int]:
@@ -230,4 +250,3 @@ class ReliabilityLayer:
         if self.dedup_step is not None:
             report["dedup"] = self.dedup_step.health()
         return report
-

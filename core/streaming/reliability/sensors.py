@@ -19,14 +19,39 @@ from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outc
 from core.streaming.types import TopicPartition
 
 
+class RunSummary:
+    """What a finished run did, per topic: counted once for every sensor."""
+
+    __slots__ = ("duplicates", "durations", "handled")
+
+    def __init__(self, batch: Sequence[ConsumedMessage]) -> None:
+        self.handled: dict[str, int] = {}
+        self.duplicates: dict[str, int] = {}
+        self.durations: dict[str, list[float]] = {}
+        topic = ""
+        durations: list[float] = []
+        for message in batch:
+            outcome = message.outcome
+            if outcome is Outcome.HANDLED:
+                if message.record.topic != topic:
+                    topic = message.record.topic
+                    durations = self.durations.setdefault(topic, [])
+                durations.append(message.duration)
+            elif outcome is Outcome.DUPLICATE:
+                name = message.record.topic
+                self.duplicates[name] = self.duplicates.get(name, 0) + 1
+        for name, values in self.durations.items():
+            self.handled[name] = len(values)
+
+
 class Sensor:
     """Hooks of one flow's life; override the ones you need."""
 
     def on_consumed(self, topic: str, count: int) -> None:
         """``count`` messages of ``topic`` were fetched and handed to lanes."""
 
-    def on_run_done(self, batch: Sequence[ConsumedMessage]) -> None:
-        """A lane finished a run: each message carries its outcome and duration."""
+    def on_run_done(self, batch: Sequence[ConsumedMessage], summary: RunSummary) -> None:
+        """A lane finished a run: its messages, and their outcomes counted per topic."""
 
     def on_failure(self, message: ConsumedMessage, error: BaseException) -> None:
         """One handler attempt failed (before any retry decision)."""
@@ -94,9 +119,9 @@ class SensorDelegate(Sensor):
         for s in self.sensors:
             s.on_consumed(topic, count)
 
-    def on_run_done(self, batch: Sequence[ConsumedMessage]) -> None:
+    def on_run_done(self, batch: Sequence[ConsumedMessage], summary: RunSummary) -> None:
         for s in self.sensors:
-            s.on_run_done(batch)
+            s.on_run_done(batch, summary)
 
     def on_failure(self, message: ConsumedMessage, error: BaseException) -> None:
         for s in self.sensors:
@@ -191,12 +216,12 @@ class CountingSensor(Sensor):
     def on_consumed(self, topic: str, count: int) -> None:
         self.consumed += count
 
-    def on_run_done(self, batch: Sequence[ConsumedMessage]) -> None:
+    def on_run_done(self, batch: Sequence[ConsumedMessage], summary: RunSummary) -> None:
         outcomes = self.outcomes
-        for message in batch:
-            outcome = message.outcome
-            if outcome is Outcome.HANDLED or outcome is Outcome.DUPLICATE:
-                outcomes[outcome] += 1
+        for count in summary.handled.values():
+            outcomes[Outcome.HANDLED] += count
+        for count in summary.duplicates.values():
+            outcomes[Outcome.DUPLICATE] += count
 
     def on_failure(self, message: ConsumedMessage, error: BaseException) -> None:
         self.failures += 1

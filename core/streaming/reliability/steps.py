@@ -123,48 +123,56 @@ class HandlerInvoker:
         self.handler_timeout_s = handler_timeout_s
         self.scopes = list(scopes)
         self.should_stop = should_stop
+        #: Set while ``should_stop`` may say yes (stopping, revoking): checked per
+        #: message only then, so the usual run pays one attribute read.
+        self.halting = False
         #: What each lane task is running now, and since when (monotonic).
-        self.running: dict[asyncio.Task[Any], tuple[ConsumedMessage, float]] = {}
+        self.running: dict[asyncio.Task[Any], list[Any]] = {}
 
     async def __call__(self, batch: Batch) -> None:
         task = asyncio.current_task()
         assert task is not None
-        running = self.running
-        should_stop = self.should_stop
-        for message in batch:
-            if message.outcome is not None:
-                continue
-            if should_stop is not None and should_stop(message):
-                return
-            value = message.value
-            message.attempts += 1
-            if value is None:
-                reject(message, DecodeError(message.decode_error or "undecodable"))
-                return
-            token = set_current_message(message)
-            started = time.monotonic()
-            running[task] = (message, started)
-            try:
-                await self._call(message, value)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError) and task.cancelling():
-                    raise  # the lane is being cancelled: shutdown or revocation
-                message.duration = time.monotonic() - started
-                reject(message, _as_failure(exc, self.handler_timeout_s))
-                return
-            finally:
-                running.pop(task, None)
-                reset_current_message(token)
-            message.duration = time.monotonic() - started
-            message.outcome = Outcome.HANDLED
+        now = time.monotonic
+        simple = not self.scopes and self.handler_timeout_s is None
+        handler = self.handler
+        slot: list[Any] = [None, 0.0]
+        self.running[task] = slot
+        try:
+            for message in batch:
+                if message.outcome is not None:
+                    continue
+                if self.halting and self.should_stop is not None and self.should_stop(message):
+                    return
+                value = message.value
+                message.attempts += 1
+                if value is None:
+                    reject(message, DecodeError(message.decode_error or "undecodable"))
+                    return
+                token = set_current_message(message)
+                slot[0] = message
+                slot[1] = started = now()
+                try:
+                    if simple:
+                        await handler(value)
+                    else:
+                        await self._call(message, value)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError) and task.cancelling():
+                        raise  # the lane is being cancelled: shutdown or revocation
+                    message.duration = now() - started
+                    reject(message, _as_failure(exc, self.handler_timeout_s))
+                    return
+                finally:
+                    reset_current_message(token)
+                message.duration = now() - started
+                message.outcome = Outcome.HANDLED
+        finally:
+            del self.running[task]
 
     async def _call(self, message: ConsumedMessage, value: dict[str, Any]) -> None:
         if not self.scopes:
-            if self.handler_timeout_s is None:
-                await self.handler(value)
-                return
             async with asyncio.timeout(self.handler_timeout_s):
                 await self.handler(value)
             return
@@ -178,7 +186,9 @@ class HandlerInvoker:
     def overdue(self, limit_s: float) -> int:
         """How many handlers have been running for longer than ``limit_s``."""
         now = time.monotonic()
-        return sum(1 for _, started in self.running.values() if now - started > limit_s)
+        return sum(
+            1 for message, started in self.running.values() if message and now - started > limit_s
+        )
 
 
 class BatchHandlerInvoker(HandlerInvoker):
@@ -210,7 +220,7 @@ class BatchHandlerInvoker(HandlerInvoker):
             return
         values = [m.value for m in runnable]
         started = time.monotonic()
-        self.running[task] = (runnable[0], started)
+        self.running[task] = [runnable[0], started]
         for message in runnable:
             message.attempts += 1
         token = set_current_message(runnable[0])

@@ -16,7 +16,7 @@ from core.config.settings import RedisSettings
 from core.streaming.clients import create_redis
 from core.streaming.orchestration.lifecycle_coordinator import ComponentStartError
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
-from core.streaming.reliability.deduplication_manager import KEY_PREFIX
+from core.streaming.reliability.deduplication_manager import DeduplicationManager
 from tests.conftest import KafkaAdmin
 from tests.integration.orchestration.helpers import (
     committed_offsets,
@@ -49,7 +49,7 @@ async def test_loop_crash_is_restarted_and_loses_nothing(
     )
     consumer = service.consumers[0]
     consumer.max_poll_records = 50  # several fetches, so the crash lands mid-stream
-    original = consumer.fetch_batch
+    original = consumer.fetch_partitioned
     calls = 0
 
     async def crash_once(*args: Any, **kwargs: Any) -> Any:
@@ -59,7 +59,7 @@ async def test_loop_crash_is_restarted_and_loses_nothing(
             raise RuntimeError("injected fetch crash")
         return await original(*args, **kwargs)
 
-    consumer.fetch_batch = crash_once  # type: ignore[method-assign]
+    consumer.fetch_partitioned = crash_once  # type: ignore[method-assign]
     service.restart_backoff_s = 0.05
     await service.start()
     try:
@@ -77,8 +77,9 @@ async def test_loop_crash_is_restarted_and_loses_nothing(
     )
     redis = create_redis(RedisSettings(url=SecretStr(redis_url)))
     try:
-        keys = [f"{KEY_PREFIX}:{unique_name}:{group}:{event_id}" for event_id in ids]
-        assert await redis.exists(*keys) == 300
+        store = DeduplicationManager(redis, unique_name, consumer_group=group)
+        states = [(await store.state(event_id))[0] for event_id in ids]
+        assert states == ["done"] * 300
     finally:
         await redis.aclose()
 
@@ -102,7 +103,7 @@ async def test_repeated_crashes_make_the_service_unhealthy(
     async def always_crash(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("broken fetch")
 
-    service.consumers[0].fetch_batch = always_crash  # type: ignore[method-assign]
+    service.consumers[0].fetch_partitioned = always_crash  # type: ignore[method-assign]
     await service.start()
     try:
         await wait_until(lambda: not service.is_live, 30, "service to turn unhealthy")

@@ -69,21 +69,22 @@ async def test_lifecycle_and_ttls_on_real_redis(
     worker = DeduplicationManager(client, unique_name, 30, processing_ttl_ms=2_000)
     other = DeduplicationManager(two_clients[1], unique_name, 30, processing_ttl_ms=2_000)
     assert await worker.claim("e1") is ClaimResult.CLAIMED
-    assert 0 < await client.pttl(worker.key_for("e1")) <= 2_000
+    assert 0 < (await worker.state("e1"))[1] <= 2_000
     await other.release("e1")
     assert await other.claim("e1") is ClaimResult.IN_PROGRESS
     await worker.release("e1")
     assert await other.claim("e1") is ClaimResult.CLAIMED
     await other.mark_done_many(["e1", "e2"])
-    assert 2_000 < await client.pttl(worker.key_for("e1")) <= 30_000
+    done_set = worker.done_key(worker.shard_of("e1"), worker.current_bucket())
+    assert 2 * 30_000 < await client.pttl(done_set) <= 2 * 30_000 + 60_000
     assert await worker.claim_many(["e1", "e2", "e3"]) == {
         "e1": ClaimResult.DUPLICATE,
         "e2": ClaimResult.DUPLICATE,
         "e3": ClaimResult.CLAIMED,
     }
     await worker.release("e1")
-    assert await client.get(worker.key_for("e1")) == b"done"
-    assert await DeduplicationManager(client, unique_name).is_duplicate("e2")
+    assert await worker.state("e1") == ("done", 0)
+    assert await DeduplicationManager(client, unique_name, 30).is_duplicate("e2")
 
 
 async def test_crashed_workers_claim_expires(

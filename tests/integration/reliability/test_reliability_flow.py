@@ -15,7 +15,7 @@ from core.streaming.clients import create_redis
 from core.streaming.errors import PermanentError, RetryableError
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
-from core.streaming.reliability.deduplication_manager import KEY_PREFIX
+from core.streaming.reliability.deduplication_manager import DeduplicationManager
 from tests.conftest import KafkaAdmin, PrivateRedis
 from tests.integration.orchestration.helpers import (
     committed_offsets,
@@ -70,7 +70,8 @@ async def _done_in_redis(redis_url: str, service: str, group: str, event_id: str
     """True when the real Redis holds the done mark of ``event_id`` for ``group``."""
     redis = create_redis(RedisSettings(url=SecretStr(redis_url)))
     try:
-        return bool(await redis.exists(f"{KEY_PREFIX}:{service}:{group}:{event_id}"))
+        store = DeduplicationManager(redis, service, consumer_group=group)
+        return (await store.state(event_id))[0] == "done"
     finally:
         await redis.aclose()
 

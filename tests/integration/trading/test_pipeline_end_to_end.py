@@ -160,8 +160,9 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome(backend: str) -> Non
 
             await publish(signal(), "orders")
             await publish(signal(action=SignalAction.SELL, symbol="TCS", token=TCS), "orders")
-            await publish(signal("mean_reversion", limit=1.0), "orders")
-            await publish(signal("mean_reversion", limit=100_000.0), "orders")
+            await publish(signal("mean_reversion", limit=2_500.0), "orders")  # rests
+            await publish(signal("mean_reversion", limit=3_400.0), "orders")  # fills at once
+            await publish(signal("mean_reversion", limit=1.0), "limit price 1 is 100% from")
             await publish(
                 {"strategy_id": "momentum", "symbol": "RELIANCE", "quantity": -3},
                 "invalid signal",
@@ -248,12 +249,12 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome(backend: str) -> Non
                 assert rejection["correlation_id"] == corr
         momentum_buy = by_corr["corr-0"]
         assert sorted(orders[momentum_buy]) == sorted([live, paper])
-        reused_key = by_corr["corr-6"]
+        reused_key = by_corr["corr-7"]
         assert reused_key[1] == reused
         oids = {client_order_id(reused, ns) for ns in NAMESPACES}
         assert oids <= set(placed_ids)
         stages = Counter(r["data"]["stage"] for group in rejections.values() for r in group)
-        assert stages["trading_engine"] == 2
+        assert stages["trading_engine"] == 3  # two after the close, one price out of band
 
         # ------------------------------------------------------------ nothing dead-lettered
         for topic in (
@@ -263,7 +264,7 @@ async def test_every_raw_signal_ends_in_exactly_one_outcome(backend: str) -> Non
         ):
             assert await harness.read_dead_letters(topic) == []
 
-        assert snapshot.stats["signals_rejected"] == 2
+        assert snapshot.stats["signals_rejected"] == 3
         assert snapshot.stats["orders_placed"] == len(placed_ids)
         assert set(snapshot.pnl_by_namespace) == set(NAMESPACES)
 

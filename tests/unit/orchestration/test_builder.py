@@ -50,7 +50,7 @@ def test_every_call_order_gives_the_same_service() -> None:
         shapes.append(_shape(builder))
     assert all(shape == shapes[0] for shape in shapes)
     assert shapes[0]["flows"][0][2] is True  # dedup even when with_redis came last
-    assert shapes[0]["flows"][0][3] == "dedup:svc:g1:x"
+    assert shapes[0]["flows"][0][3] == "dedup:{svc:g1:0}:claims"
 
 
 def test_environment_switches_features_per_service(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,11 @@ from core.streaming.types import TopicPartition
 def _messages(partition: int, count: int, key: bytes | None = None) -> list[ConsumedMessage]:
     return [
         ConsumedMessage.of(
-            topic="in", partition=partition, offset=n, key=key, value={"n": n},
+            topic="in",
+            partition=partition,
+            offset=n,
+            key=key,
+            value={"n": n},
             raw_value=orjson.dumps({"n": n}),
         )
         for n in range(count)

@@ -25,8 +25,12 @@ async def test_backpressure_pauses_at_the_bound_and_resumes_only_at_half() -> No
         for n in range(40):
             await harness.publish("in", {"n": n}, key="k")
         orchestrator = service(
-            harness.settings, handle, dedup=False, max_in_flight=10,
-            ordering="unordered", concurrency=10,
+            harness.settings,
+            handle,
+            dedup=False,
+            max_in_flight=10,
+            ordering="unordered",
+            concurrency=10,
         )
         flow = orchestrator.flows[0]
         consumer = flow.consumer

@@ -68,7 +68,7 @@ async def test_health_transitions_and_metrics_over_http() -> None:
                 async def broken(*args: Any, **kwargs: Any) -> Any:
                     raise RuntimeError("fetch broke")
 
-                service.consumers[0].fetch_batch = broken  # type: ignore[method-assign]
+                service.consumers[0].fetch_partitioned = broken  # type: ignore[method-assign]
                 for _ in range(200):
                     if (await _get(http, f"{base}/health/live"))[0] == 503:
                         break
@@ -130,7 +130,7 @@ async def test_harness_shows_outputs_dead_letters_and_times_out_clearly() -> Non
             await harness.wait_idle()
             (dead,) = harness.dead_letters("in")
             assert dead.error_type is not None and dead.error_type.endswith("PermanentError")
-            assert dead.headers["dlq.original.topic"] == "in"
+            assert dead.header("dlq.original.topic") == "in"
             await harness.publish("in", {"n": 99})
             with pytest.raises(
                 HarnessTimeoutError, match=r"did not catch up: h\.g:in: 1 in flight"

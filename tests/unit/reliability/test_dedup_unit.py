@@ -71,9 +71,10 @@ class CountingRedis:
         real = self.inner.register_script(script)
         outer = self
 
-        async def call(keys: list[str], args: list[str | int]) -> object:
-            outer.calls += 1
-            return await real(keys=keys, args=args)
+        async def call(keys: list[str], args: list[str | int], client: object = None) -> object:
+            if client is None:  # a call inside a pipeline is part of its round trip
+                outer.calls += 1
+            return await real(keys=keys, args=args, client=client)
 
         return call
 
@@ -103,24 +104,20 @@ async def test_other_worker_sees_in_progress_and_claim_expires(client: Redis) ->
     assert await first.claim("e1") is ClaimResult.CLAIMED
     assert await second.claim("e1") is ClaimResult.IN_PROGRESS
     assert await second.is_duplicate("e1") is False
-    await client.pexpire(first.key_for("e1"), 1)  # the crashed worker's claim lapses
-    for _ in range(100):
-        if not await client.exists(first.key_for("e1")):
-            break
-        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.08)  # the crashed worker's claim lapses at its deadline
     assert await second.claim("e1") is ClaimResult.CLAIMED
 
 
 async def test_claim_sets_processing_ttl_and_done_sets_full_ttl(client: Redis) -> None:
     dedup = manager(client, ttl_seconds=120, processing_ttl_ms=5_000)
     await dedup.claim("e1")
-    key = dedup.key_for("e1")
-    value = (await client.get(key)).decode()
-    assert value.startswith(f"p|{dedup.member}|")  # owner token: member, partition, generation, n
-    assert 0 < await client.pttl(key) <= 5_000
+    token, left = await dedup.state("e1")
+    assert token is not None and token.startswith(f"p|{dedup.member}|")  # member|tp|gen|n
+    assert 0 < left <= 5_000
     await dedup.mark_done("e1")
-    assert await client.get(key) == b"done"
-    assert 5_000 < await client.pttl(key) <= 120_000
+    assert await dedup.state("e1") == ("done", 0)
+    done_ttl = await client.pttl(dedup.done_key(dedup.shard_of("e1"), dedup.current_bucket()))
+    assert 2 * 120_000 < done_ttl <= 2 * 120_000 + 60_000
 
 
 async def test_release_lets_a_retry_run_and_never_deletes_done(client: Redis) -> None:
@@ -134,7 +131,7 @@ async def test_release_lets_a_retry_run_and_never_deletes_done(client: Redis) ->
     await second.mark_done("e1")
     await second.release("e1")
     await first.release("e1")
-    assert await client.get(second.key_for("e1")) == b"done"
+    assert await second.state("e1") == ("done", 0)
 
 
 async def test_keys_are_scoped_by_service_and_group(client: Redis) -> None:
@@ -142,8 +139,8 @@ async def test_keys_are_scoped_by_service_and_group(client: Redis) -> None:
     flow_b = manager(client, consumer_group="group-b")
     default = manager(client)
     other_service = DeduplicationManager(client, "other", consumer_group="group-a")
-    assert flow_a.key_for("e1") == "dedup:svc:group-a:e1"
-    assert default.key_for("e1") == "dedup:svc:default:e1"
+    assert flow_a.key_for("e1") == "dedup:{svc:group-a:0}:claims"
+    assert default.key_for("e1") == "dedup:{svc:default:0}:claims"
     await flow_a.claim("e1")
     await flow_a.mark_done("e1")
     assert await flow_b.claim("e1") is ClaimResult.CLAIMED
@@ -192,7 +189,7 @@ async def test_local_cache_hit_needs_no_round_trip(client: Redis) -> None:
 async def test_plan_api_is_duplicate_and_mark_processed(client: Redis) -> None:
     dedup = manager(client)
     assert await dedup.is_duplicate("e1") is False
-    assert not await client.exists(dedup.key_for("e1")), "is_duplicate must not claim"
+    assert await dedup.state("e1") == (None, 0), "is_duplicate must not claim"
     await dedup.mark_processed("e1")
     assert await dedup.is_duplicate("e1") is True
     assert await manager(client).is_duplicate("e1") is True
@@ -234,16 +231,18 @@ async def test_local_cache_never_outlives_ttl(client: Redis) -> None:
     assert not dedup.cached("a")
     assert dedup.local_cache_len == 0
     # Redis forgot it too (simulated): the manager must not answer duplicate.
-    await client.delete(dedup.key_for("a"))
+    await client.delete(dedup.done_key(0, dedup.current_bucket()))
     assert await dedup.claim("a") is ClaimResult.CLAIMED
 
 
 async def test_cache_entry_from_redis_expires_with_the_redis_record(client: Redis) -> None:
     clock = FakeClock()
-    writer = manager(client, ttl_seconds=100)
+    wall = FakeClock()
+    wall.now = 1_050.0  # bucket 10 of 100 s, which ends at 1,100
+    writer = manager(client, ttl_seconds=100, wall_clock=wall)
     await writer.mark_done("a")
-    await client.pexpire(writer.key_for("a"), 2_000)  # only 2 s left in Redis
-    reader = manager(client, ttl_seconds=100, clock=clock)
+    wall.now = 1_098.0  # 2 s before the bucket ends: only then is "a" surely kept
+    reader = manager(client, ttl_seconds=100, clock=clock, wall_clock=wall)
     assert await reader.claim("a") is ClaimResult.DUPLICATE
     assert reader.cached("a")
     clock.advance(2.0)
@@ -315,5 +314,5 @@ async def test_batch_paths_agree_whatever_the_ids(client: Redis, odd: str) -> No
         "b": ClaimResult.HELD_HERE,
         "c": ClaimResult.CLAIMED,
     }
-    assert await client.get(dedup.key_for(odd)) == b"done"
-    assert 0 < await client.pttl(dedup.key_for(odd)) <= dedup.ttl_seconds * 1000
+    assert await dedup.state(odd) == ("done", 0)
+    assert await dedup.state("b") != (None, 0)

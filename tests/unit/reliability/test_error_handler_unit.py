@@ -352,8 +352,7 @@ async def test_exception_type_of_framework_errors_is_qualified(bus: Bus) -> None
     handler, _ = make_handler(bus)
     await handler.dead_letter(message(), DecodeError("bad"), attempts=1)
     assert (
-        header_map(bus.records()[0])[HEADER_EXCEPTION_TYPE]
-        == b"core.streaming.errors.DecodeError"
+        header_map(bus.records()[0])[HEADER_EXCEPTION_TYPE] == b"core.streaming.errors.DecodeError"
     )
 
 

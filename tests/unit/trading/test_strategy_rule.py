@@ -94,12 +94,13 @@ def test_strategies_refuse_nonsense_parameters() -> None:
 def test_signal_ids_are_derived_from_strategy_and_tick() -> None:
     tick = MarketTick(instrument_token=TOKEN, symbol="RELIANCE", last_price=100.0, timestamp=AT)
     intent = SignalIntent(SignalAction.BUY, 3, OrderType.LIMIT, 99.95)
-    a = build_signal("momentum", tick, intent, "evt-1")
+    a = build_signal("momentum", tick, intent, "evt-1", emitted_at=AT)
     b = build_signal("momentum", tick, intent, "evt-1")
     assert a.signal_id == b.signal_id == signal_id_for("momentum", "evt-1")
     assert signal_id_for("mean_reversion", "evt-1") != a.signal_id
     assert (a.order_type, a.price, a.quantity, a.timestamp) == (OrderType.LIMIT, 99.95, 3, AT)
     assert build_signal("momentum", tick, intent, None).signal_id != a.signal_id
+    assert b.timestamp > AT  # emitted now, not at the tick's time
 
 
 # ---------------------------------------------------------------------- random walk

@@ -22,6 +22,7 @@ from core.schemas.events import (
     generate_uuid7,
 )
 from core.streaming.correlation import CorrelationContext
+from core.streaming.errors import PermanentError
 from services.trading_engine.execution_router import ExecutionRouter
 from services.trading_engine.market_hours import IST, MarketHoursChecker
 from services.trading_engine.orders import client_order_id
@@ -227,7 +228,7 @@ async def test_closed_market_publishes_a_rejection_and_counts_it(
     assert service.stats.signals_rejected == 1
     assert service.stats.orders_placed == 0
     assert service.traders() == {}
-    sample = service._metrics.registry.get_sample_value(
+    sample = service.metrics.registry.get_sample_value(
         "tradestream_trading_signals_rejected_total",
         {"service": "trading_engine", "reason": "market_closed"},
     )
@@ -493,25 +494,50 @@ async def test_a_retry_completes_the_missing_namespace_even_after_the_close(cloc
 # ---------------------------------------------------------------------- other input
 
 
-async def test_other_event_types_are_ignored(
+def envelope(kind: str, data: Any) -> dict[str, Any]:
+    return {"id": generate_uuid7(), "type": kind, "source": "test", "data": data}
+
+
+async def test_other_event_types_are_dead_lettered_with_the_reason(
     engine: tuple[TradingEngineService, FakePublisher], clock: Clock
 ) -> None:
     service, pub = engine
-    await service._handle_validated_signal({"type": "signal.raw", "data": {}})
-    await service._handle_market_tick({"type": "order.placed", "data": {}})
+    with pytest.raises(PermanentError, match=r"unexpected event type 'signal.raw' on paper"):
+        await service._handle_validated_signal(envelope("signal.raw", {}))
+    with pytest.raises(PermanentError, match=r"'order.placed' on market.ticks"):
+        await service._handle_market_tick(envelope("order.placed", {}))
     assert pub.sent == []
-    assert service.stats.events_ignored == 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"id": "cust-42", "qty": 1},
+        {"type": "signal.validated", "data": {}},
+        {"id": "e-1", "type": "signal.validated", "source": "x", "data": "not an object"},
+        {"id": "", "type": "signal.validated", "source": "x", "data": {}},
+    ],
+)
+async def test_a_value_that_is_not_an_envelope_is_dead_lettered_with_the_reason(
+    engine: tuple[TradingEngineService, FakePublisher], value: dict[str, Any]
+) -> None:
+    service, pub = engine
+    with pytest.raises(PermanentError, match=r"not an event envelope on paper.signals.validated"):
+        await service._handle_validated_signal(value)
+    with pytest.raises(PermanentError, match=r"not an event envelope on market.ticks"):
+        await service._handle_market_tick(value)
+    assert pub.sent == []
 
 
 async def test_a_malformed_validated_signal_raises_a_validation_error(
     engine: tuple[TradingEngineService, FakePublisher],
 ) -> None:
     service, pub = engine
-    message = {"type": "signal.validated", "data": {"original_signal": {"symbol": "X"}}}
+    message = envelope("signal.validated", {"original_signal": {"symbol": "X"}})
     with pytest.raises(ValidationError):
         await service._handle_validated_signal(message)
     with pytest.raises(ValidationError):
-        await service._handle_validated_signal({"type": "signal.validated", "data": {}})
+        await service._handle_validated_signal(envelope("signal.validated", {}))
     assert pub.sent == []
 
 

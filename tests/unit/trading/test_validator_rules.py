@@ -17,6 +17,7 @@ from core.schemas.events import (
     TradingSignal,
     generate_uuid7,
 )
+from core.streaming.errors import PermanentError
 from services.signal_validator.service import (
     DUPLICATE_SIGNAL_ID,
     Claim,
@@ -201,7 +202,12 @@ def validator() -> tuple[SignalValidatorService, FakePublisher]:
 
 
 def raw(data: Any) -> dict[str, Any]:
-    return {"id": generate_uuid7(), "type": EventType.RAW_SIGNAL.value, "data": data}
+    return {
+        "id": generate_uuid7(),
+        "type": EventType.RAW_SIGNAL.value,
+        "source": "strategy_runner",
+        "data": data,
+    }
 
 
 async def test_handler_validates_and_rejects(
@@ -210,7 +216,12 @@ async def test_handler_validates_and_rejects(
     service, pub = validator
     tick = MarketTick(instrument_token=738561, symbol="RELIANCE", last_price=2_900.0)
     await service._handle_market_tick(
-        {"type": EventType.MARKET_TICK.value, "data": tick.model_dump(mode="json")}
+        {
+            "id": generate_uuid7(),
+            "type": EventType.MARKET_TICK.value,
+            "source": "market_data",
+            "data": tick.model_dump(mode="json"),
+        }
     )
     good = sig(quantity=10)
     await service._handle_raw_signal(raw(good.model_dump(mode="json")))
@@ -276,9 +287,15 @@ async def test_a_failed_publish_does_not_make_the_retry_a_duplicate(
     assert [e for *_, e in pub.sent] == ["signal.validated"]
 
 
-async def test_handler_ignores_other_event_types(
+async def test_handler_dead_letters_other_event_types_and_non_envelopes(
     validator: tuple[SignalValidatorService, FakePublisher],
 ) -> None:
     service, pub = validator
-    await service._handle_raw_signal({"type": "market.tick", "data": {}})
-    assert pub.sent == [] and service.stats.events_ignored == 1
+    wrong = {"id": "e-1", "type": "market.tick", "source": "x", "data": {}}
+    with pytest.raises(PermanentError, match=r"unexpected event type 'market.tick'"):
+        await service._handle_raw_signal(wrong)
+    with pytest.raises(PermanentError, match=r"not an event envelope on paper.signals.raw"):
+        await service._handle_raw_signal({"signal_id": "s-1", "quantity": 5})
+    with pytest.raises(PermanentError, match=r"not an event envelope on market.ticks"):
+        await service._handle_market_tick({"last_price": 1.0})
+    assert pub.sent == []

@@ -1,0 +1,1 @@
+"""Helpers the trading services share: envelope checks, latency, logging, history."""
