@@ -10,12 +10,13 @@ Use :func:`load_settings` at start-up: it turns validation failures into one
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.config.redis_settings import RedisSettings as RedisSettings
 
@@ -28,6 +29,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 DedupFailurePolicy = Literal["fail_open", "fail_closed"]
 OrderingMode = Literal["partition", "key", "unordered"]
+ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 LogFormat = Literal["json", "console"]
 ServiceShape = Literal["legacy", "builder"]
 
@@ -162,6 +164,29 @@ class ReliabilitySettings(BaseModel):
         description="which implementation core.streaming.legacy.build_selected builds: "
         "'legacy' (the StreamProcessor subclass) or 'builder' (the builder-made service)",
     )
+    processing_guarantee: ProcessingGuarantee = "at_least_once"
+    transaction_timeout_ms: int = Field(default=60_000, gt=0)
+    retry_topics: Annotated[list[float], NoDecode] = Field(default_factory=list)
+
+    @field_validator("retry_topics", mode="before")
+    @classmethod
+    def _parse_delays(cls, value: Any) -> Any:
+        # From the environment: "[1, 10, 60]" or "1,10,60" (seconds).
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return []
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",")]
+        return value
+
+    @field_validator("retry_topics")
+    @classmethod
+    def _positive_delays(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every retry topic delay must be positive (seconds)")
+        return value
 
 
 class ObservabilitySettings(BaseModel):
@@ -301,6 +326,10 @@ class Settings(BaseSettings):
             if _service_key(name) == wanted:
                 return overrides
         return {}
+
+    def reliability_fields_set(self, service_name: str) -> set[str]:
+        """Reliability fields given explicitly (for all services, or for this one)."""
+        return set(self.reliability.model_fields_set) | set(self._overrides_of(service_name))
 
     def reliability_for(self, service_name: str) -> ReliabilitySettings:
         """The reliability settings of one service: defaults plus its overrides.

@@ -191,6 +191,32 @@ class ProducerClient(Protocol):
     async def partitions_for(self, topic: str) -> set[int]: ...
 
 
+class TransactionalProducerClient(ProducerClient, Protocol):
+    """A producer with a ``transactional_id``: sends and offsets commit or abort together.
+
+    ``start`` registers the id with the broker and fences every older producer
+    with the same id (its open transaction is aborted and its later calls fail
+    with ``ProducerFencedError``). ``send`` is allowed only inside a transaction.
+    ``commit_transaction`` makes the transaction's records visible to
+    ``read_committed`` consumers and its offsets the group's committed offsets,
+    atomically; ``abort_transaction`` discards both. A commit that fails raises
+    ``TransactionError`` (abort, then do the work again) or ``ProducerFencedError``.
+    """
+
+    @property
+    def transactional_id(self) -> str: ...
+
+    async def begin_transaction(self) -> None: ...
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None: ...
+
+    async def commit_transaction(self) -> None: ...
+
+    async def abort_transaction(self) -> None: ...
+
+
 class AdminClient(Protocol):
     """Creates and lists topics."""
 

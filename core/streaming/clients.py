@@ -19,12 +19,14 @@ from core.streaming.broker_api import (
     ConsumerOptions,
     ProducerClient,
     RebalanceListener,
+    TransactionalProducerClient,
 )
 from core.streaming.embedded import (
     InMemoryAdmin,
     InMemoryBroker,
     InMemoryConsumer,
     InMemoryProducer,
+    InMemoryTransactionalProducer,
     get_broker,
 )
 from core.streaming.errors import MessageTooLargeError
@@ -35,6 +37,7 @@ from core.streaming.kafka import (
     KafkaAdminClient,
     KafkaConsumerClient,
     KafkaProducerClient,
+    KafkaTransactionalProducerClient,
 )
 from core.streaming.redis_client import (
     REDIS_ERRORS,
@@ -57,10 +60,12 @@ __all__ = [
     "ProducerClient",
     "RebalanceListener",
     "Redis",
+    "TransactionalProducerClient",
     "create_admin",
     "create_consumer",
     "create_producer",
     "create_redis",
+    "create_transactional_producer",
 ]
 
 #: Exceptions that mean "the broker or Redis is (perhaps briefly) unreachable".
@@ -124,6 +129,35 @@ def create_producer(
             _embedded_broker(config), max_request_size=max_request_size, client_id=client_id
         )
     return KafkaProducerClient(config, client_id=client_id, max_request_size=max_request_size)
+
+
+def create_transactional_producer(
+    config: RedpandaSettings,
+    transactional_id: str,
+    *,
+    client_id: str | None = None,
+    max_request_size: int = 1_048_576,
+    transaction_timeout_ms: int = 60_000,
+) -> TransactionalProducerClient:
+    """A transactional producer with ``transactional_id``, on Kafka or the embedded broker.
+
+    Starting it fences every older producer with the same id.
+    """
+    if config.is_embedded:
+        return InMemoryTransactionalProducer(
+            _embedded_broker(config),
+            transactional_id,
+            max_request_size=max_request_size,
+            client_id=client_id,
+            transaction_timeout_ms=transaction_timeout_ms,
+        )
+    return KafkaTransactionalProducerClient(
+        config,
+        transactional_id,
+        client_id=client_id,
+        max_request_size=max_request_size,
+        transaction_timeout_ms=transaction_timeout_ms,
+    )
 
 
 def create_admin(config: RedpandaSettings) -> AdminClient:

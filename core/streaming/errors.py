@@ -91,3 +91,23 @@ class OutputFailedError(RetryableError):
         error = cls(f"a send failed after the handler returned: {cause!r}")
         error.__cause__ = cause
         return error
+
+
+class ProducerFencedError(StreamingError):
+    """A newer producer with the same transactional id has started: this one is a zombie.
+
+    Its open transaction was aborted by the broker and nothing it sends or
+    commits can take effect any more; the work belongs to the new owner.
+    """
+
+
+class TransactionError(StreamingError):
+    """A transaction could not be committed; it was (or must be) aborted and done again.
+
+    The original error is the ``__cause__``.
+    """
+
+
+class TransactionStateError(StreamingError):
+    """A transactional call made in the wrong state (a send outside a transaction,
+    a second ``begin``, a commit without one)."""

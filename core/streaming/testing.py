@@ -191,6 +191,11 @@ class StreamTestHarness:
                     flow.checkpoint.request()  # outputs and done marks settle at a checkpoint
                     lines.append(f"{flow.name}: {flow.checkpoint.pending} await their checkpoint")
                     continue
+                uncommitted = flow.transactions.health() if flow.transactions else {}
+                if uncommitted.get("records_awaiting_commit"):
+                    flow.checkpoint.request()  # dead letters of an exactly-once flow
+                    lines.append(f"{flow.name}: records of open transactions await a commit")
+                    continue
                 consumer = flow.consumer
                 assignment = consumer.assignment()
                 if not assignment:
@@ -199,9 +204,9 @@ class StreamTestHarness:
                 ends = await client.end_offsets(assignment)
                 positions = consumer.committable_offsets()
                 for tp, end in sorted(ends.items()):
-                    done = positions.get(tp)
-                    if done is None:
-                        done = await client.position(tp)
+                    # Nothing is in flight: the client's position counts too (it steps over
+                    # transaction markers, which no record of the tracker stands for).
+                    done = max(positions.get(tp, 0), await client.position(tp))
                     if done < end:
                         lines.append(
                             f"{flow.name} {tp.topic}[{tp.partition}]: {done} of {end} finished"
@@ -220,25 +225,33 @@ class StreamTestHarness:
 
     # ------------------------------------------------------------------ output
 
-    async def read_records(self, topic: str) -> list[FetchedRecord]:
-        """Records of ``topic`` up to its current end (any backend)."""
-        if self.embedded:
-            return self.records(topic)
-        return await read_topic(self.config, topic)
+    async def read_records(self, topic: str, *, committed: bool = True) -> list[FetchedRecord]:
+        """Records of ``topic`` up to its current end (any backend).
 
-    async def read(self, topic: str) -> list[dict[str, Any]]:
+        Committed records only, as a ``read_committed`` consumer sees them, unless
+        ``committed=False`` (records of open and aborted transactions too).
+        """
+        if self.embedded:
+            return self.records(topic, committed=committed)
+        isolation = "read_committed" if committed else "read_uncommitted"
+        return await read_topic(self.config, topic, isolation_level=isolation)
+
+    async def read(self, topic: str, *, committed: bool = True) -> list[dict[str, Any]]:
         """Decoded envelopes on ``topic`` (any backend; undecodable records left out)."""
-        return _decode_all(await self.read_records(topic))
+        return _decode_all(await self.read_records(topic, committed=committed))
 
     async def read_dead_letters(self, topic: str, suffix: str = ".dlq") -> list[DeadLetterRecord]:
         """Dead letters of ``topic`` (any backend)."""
         return _dead_letters(await self.read_records(f"{topic}{suffix}"))
 
-    def records(self, topic: str) -> list[FetchedRecord]:
-        """Raw records of ``topic`` in partition then offset order (embedded harness)."""
+    def records(self, topic: str, *, committed: bool = True) -> list[FetchedRecord]:
+        """Raw records of ``topic`` in partition then offset order (embedded harness).
+
+        Committed records only unless ``committed=False``, as :meth:`read_records`.
+        """
         if topic not in self.broker.topics():
             return []
-        return list(self.broker.records(topic))
+        return list(self.broker.records(topic, committed=committed))
 
     def produced(self, topic: str) -> list[dict[str, Any]]:
         """Decoded envelopes on ``topic`` (embedded harness; undecodable records left out)."""

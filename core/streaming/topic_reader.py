@@ -4,7 +4,9 @@ Used by tools and tests (dead-letter inspection, the test harness, services that
 rebuild their state from their own topics at start) on any backend behind the
 client surface. Every reader first asks the broker which topics exist: a topic
 that does not exist reads as empty at once instead of waiting for a timeout.
-Readers use a throwaway consumer group and never commit.
+Readers use a throwaway consumer group and never commit, and read committed
+records only (``read_committed``: nothing of open or aborted transactions) unless
+told ``isolation_level="read_uncommitted"``.
 """
 
 from __future__ import annotations
@@ -50,9 +52,14 @@ async def topic_exists(config: RedpandaSettings, topic: str) -> bool:
     return topic in await existing_topics(config, [topic])
 
 
-def _reader(config: RedpandaSettings, topics: Sequence[str]) -> ConsumerClient:
+def _reader(
+    config: RedpandaSettings, topics: Sequence[str], isolation_level: str = "read_committed"
+) -> ConsumerClient:
     return create_consumer(
-        config, list(topics), f"tradestream-reader-{uuid4().hex[:10]}", ConsumerOptions("earliest")
+        config,
+        list(topics),
+        f"tradestream-reader-{uuid4().hex[:10]}",
+        ConsumerOptions("earliest", isolation_level=isolation_level),
     )
 
 
@@ -79,6 +86,7 @@ async def scan_topics(
     tail: int | Mapping[str, int] | None = None,
     start_offsets: Mapping[TopicPartition, int] | None = None,
     timeout_s: float = 30.0,
+    isolation_level: str = "read_committed",
 ) -> ScanResult:
     """Feed ``on_batch`` every record of ``topics`` up to their ends when reading started.
 
@@ -101,7 +109,7 @@ async def scan_topics(
     if not present:
         return result
     what = ", ".join(sorted(present))
-    consumer = _reader(config, sorted(present))
+    consumer = _reader(config, sorted(present), isolation_level)
     await consumer.start()
     try:
         loop = asyncio.get_running_loop()
@@ -109,35 +117,94 @@ async def scan_topics(
         assignment = await _wait_assignment(consumer, present, deadline, what)
         ends = await consumer.end_offsets(assignment)
         given = start_offsets or {}
+        floors = {tp: max(0, min(given.get(tp, 0), ends[tp])) for tp in assignment}
         for tp in sorted(assignment):
-            start = given.get(tp, 0)
+            start = floors[tp]
             if tp.topic in tails:
                 start = max(start, ends[tp] - tails[tp.topic])
-            start = max(0, min(start, ends[tp]))
             result.starts[tp] = start
-            consumer.seek(tp, start)
         result.ends = dict(ends)
-        following = {tp: result.starts[tp] for tp in assignment}
-        while any(following[tp] < ends[tp] for tp in assignment):
-            if loop.time() > deadline:
-                raise TimeoutError(f"reading {what} did not reach the end in {timeout_s:g} s")
-            batches = await consumer.getmany(timeout_ms=100)
-            for tp, batch in batches.items():
-                end = ends.get(tp, 0)
-                kept = [r for r in batch if following.get(tp, end) <= r.offset < end]
-                if batch:
-                    following[tp] = max(following.get(tp, 0), batch[-1].offset + 1)
-                if kept:
-                    result.records += len(kept)
-                    on_batch(kept)
-            for tp in assignment:
-                if following[tp] < ends[tp]:
-                    # Compaction, retention and transaction markers leave offset gaps.
-                    following[tp] = max(following[tp], await consumer.position(tp))
+        streamed = {tp: (result.starts[tp], ends[tp]) for tp in assignment if tp.topic not in tails}
+        tailed = {tp: (result.starts[tp], ends[tp]) for tp in assignment if tp.topic in tails}
+
+        def stream(tp: TopicPartition, records: list[FetchedRecord]) -> None:
+            result.records += len(records)
+            on_batch(records)
+
+        kept: dict[TopicPartition, list[FetchedRecord]] = {tp: [] for tp in tailed}
+        await _read_ranges(
+            consumer,
+            {**streamed, **tailed},
+            deadline,
+            what,
+            timeout_s,
+            (lambda tp, records: kept[tp].extend(records) if tp in kept else stream(tp, records)),
+        )
+        # Transaction markers and aborted records take offsets too: widen a tail's window
+        # until it holds its records (or reaches the start).
+        while short := {
+            tp: window
+            for tp, window in tailed.items()
+            if len(kept[tp]) < tails[tp.topic] and window[0] > floors[tp]
+        }:
+            earlier: dict[TopicPartition, tuple[int, int]] = {}
+            for tp, (start, end) in short.items():
+                wider = max(floors[tp], end - 2 * (end - start) - 1)
+                earlier[tp] = (wider, start)
+                tailed[tp] = (wider, end)
+            found: dict[TopicPartition, list[FetchedRecord]] = {tp: [] for tp in earlier}
+
+            def collect(
+                tp: TopicPartition,
+                records: list[FetchedRecord],
+                into: dict[TopicPartition, list[FetchedRecord]] = found,
+            ) -> None:
+                into[tp].extend(records)
+
+            await _read_ranges(consumer, earlier, deadline, what, timeout_s, collect)
+            for tp, records in found.items():
+                kept[tp] = records + kept[tp]
+        for tp in sorted(tailed):
+            last = kept[tp][len(kept[tp]) - tails[tp.topic] :] if tails[tp.topic] else []
+            result.starts[tp] = last[0].offset if last else tailed[tp][1]
+            if last:
+                stream(tp, last)
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
     return result
+
+
+async def _read_ranges(
+    consumer: ConsumerClient,
+    ranges: Mapping[TopicPartition, tuple[int, int]],
+    deadline: float,
+    what: str,
+    timeout_s: float,
+    sink: Callable[[TopicPartition, list[FetchedRecord]], None],
+) -> None:
+    """Hand ``sink`` each partition's records in ``[start, end)``, in offset order."""
+    loop = asyncio.get_running_loop()
+    following = {}
+    for tp, (start, _) in ranges.items():
+        consumer.seek(tp, start)
+        following[tp] = start
+    while any(following[tp] < ranges[tp][1] for tp in ranges):
+        if loop.time() > deadline:
+            raise TimeoutError(f"reading {what} did not reach the end in {timeout_s:g} s")
+        batches = await consumer.getmany(timeout_ms=100)
+        for tp, batch in batches.items():
+            if tp not in ranges or not batch:
+                continue
+            end = ranges[tp][1]
+            records = [r for r in batch if following[tp] <= r.offset < end]
+            following[tp] = max(following[tp], batch[-1].offset + 1)
+            if records:
+                sink(tp, records)
+        for tp in ranges:
+            if following[tp] < ranges[tp][1]:
+                # Compaction, retention and transaction markers leave offset gaps.
+                following[tp] = max(following[tp], await consumer.position(tp))
 
 
 async def read_topics(
@@ -146,25 +213,37 @@ async def read_topics(
     *,
     tail: int | Mapping[str, int] | None = None,
     timeout_s: float = 30.0,
+    isolation_level: str = "read_committed",
 ) -> list[FetchedRecord]:
     """Every record of ``topics`` (or each partition's last ``tail``) up to their current end.
 
     Sorted by topic, partition and offset; topics that do not exist read as empty.
     """
     records: list[FetchedRecord] = []
-    await scan_topics(config, topics, records.extend, tail=tail, timeout_s=timeout_s)
+    await scan_topics(
+        config,
+        topics,
+        records.extend,
+        tail=tail,
+        timeout_s=timeout_s,
+        isolation_level=isolation_level,
+    )
     return sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
 
 
 async def read_topic(
-    config: RedpandaSettings, topic: str, *, timeout_s: float = 15.0
+    config: RedpandaSettings,
+    topic: str,
+    *,
+    timeout_s: float = 15.0,
+    isolation_level: str = "read_committed",
 ) -> list[FetchedRecord]:
     """Every record of ``topic`` up to its end when reading started, by partition and offset.
 
     A topic that does not exist reads as empty, at once. Raises ``TimeoutError``
     when the end is not reached within ``timeout_s``.
     """
-    return await read_topics(config, [topic], timeout_s=timeout_s)
+    return await read_topics(config, [topic], timeout_s=timeout_s, isolation_level=isolation_level)
 
 
 async def follow_topic(

@@ -144,6 +144,8 @@ class TradingEngineService(EngineState):
         self.orchestrator: ServiceOrchestrator = (
             StreamServiceBuilder(SERVICE_NAME, config, settings)
             .with_redis(redis_client)
+            # Verdicts / orders and executions commit with the input offsets, in one transaction.
+            .with_reliability_defaults(processing_guarantee="exactly_once")
             .add_producer(topics=self._produced_topics())
             .add_consumer_handler(
                 [self.topics.signals_validated()],

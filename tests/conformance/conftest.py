@@ -30,9 +30,11 @@ from core.streaming.clients import (
     ConsumerOptions,
     ProducerClient,
     RebalanceListener,
+    TransactionalProducerClient,
     create_admin,
     create_consumer,
     create_producer,
+    create_transactional_producer,
 )
 from core.streaming.embedded import InMemoryBroker, InMemoryConsumer, drop_broker, get_broker
 from core.streaming.types import Record, TopicPartition, TopicSpec
@@ -161,6 +163,17 @@ class Backend:
         if request_timeout_ms is not None:
             settings = settings.model_copy(update={"request_timeout_ms": request_timeout_ms})
         producer = create_producer(settings, **kwargs)
+        self._producers.append(producer)
+        await producer.start()
+        return producer
+
+    async def transactional_producer(
+        self, transactional_id: str, *, transaction_timeout_ms: int = 60_000
+    ) -> TransactionalProducerClient:
+        """A started transactional producer (starting it fences older ones of the id)."""
+        producer = create_transactional_producer(
+            self.settings, transactional_id, transaction_timeout_ms=transaction_timeout_ms
+        )
         self._producers.append(producer)
         await producer.start()
         return producer

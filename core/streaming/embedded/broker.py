@@ -16,6 +16,7 @@ from core.streaming.embedded.errors import UnknownTopicOrPartitionError
 from core.streaming.embedded.group import ConsumerGroup
 from core.streaming.embedded.log import PartitionLog, record_batch_size
 from core.streaming.embedded.partitioner import RoundRobin, partition_for_key
+from core.streaming.embedded.transactions import TransactionCoordinator
 from core.streaming.errors import EmptyRecordError, MessageTooLargeError, TopicCreationError
 from core.streaming.types import Headers, Record, TopicPartition
 from core.topic_names import InvalidTopicNameError, validate_topic_name
@@ -105,6 +106,8 @@ class InMemoryBroker:
         self._groups: dict[str, ConsumerGroup] = {}
         self._watchers: dict[str, set[Subscriber]] = {}
         self._round_robin = RoundRobin()
+        #: Transactional ids, their epochs and open transactions.
+        self.transactions = TransactionCoordinator(self)
 
     def __repr__(self) -> str:
         return f"InMemoryBroker(topics={len(self._topics)}, groups={len(self._groups)})"
@@ -249,9 +252,13 @@ class InMemoryBroker:
             )
         stamp = time.time_ns() // 1_000_000 if timestamp_ms is None else timestamp_ms
         record = target.partitions[partition].append(key, value, headers, stamp)
+        self.notify(topic)
+        return record
+
+    def notify(self, topic: str) -> None:
+        """Wake the consumers of ``topic`` (new records, or a transaction ended)."""
         for consumer in self._watchers.get(topic, ()):
             consumer.notify_data()
-        return record
 
     # ------------------------------------------------------------------ groups
 
@@ -283,14 +290,22 @@ class InMemoryBroker:
 
     # ------------------------------------------------------------------ inspection
 
-    def records(self, topic: str, partition: int | None = None) -> list[Record]:
-        """Retained records of ``topic`` (one partition, or all in partition order)."""
+    def records(
+        self, topic: str, partition: int | None = None, *, committed: bool = False
+    ) -> list[Record]:
+        """Retained records of ``topic`` (one partition, or all in partition order).
+
+        Transaction markers are left out; ``committed=True`` shows what a
+        ``read_committed`` consumer sees (no aborted records, nothing from the last
+        stable offset on).
+        """
         target = self._topics.get(topic)
         if target is None:
             raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
         if partition is None:
-            return [r for log in target.partitions for r in log.retained()]
-        return list(self._log_or_raise(TopicPartition(topic, partition)).retained())
+            return [r for log in target.partitions for r in log.retained(committed=committed)]
+        log = self._log_or_raise(TopicPartition(topic, partition))
+        return list(log.retained(committed=committed))
 
     def end_offset(self, tp: TopicPartition) -> int:
         """High watermark of ``tp``: the offset of the next record."""

@@ -45,6 +45,7 @@ class InMemoryConsumer(GroupMember):
         super().__init__(broker, topics, group_id, options, listener=listener)
         self._auto_offset_reset = self.options.auto_offset_reset
         self._max_poll_records = self.options.max_poll_records
+        self._read_committed = self.options.isolation_level == "read_committed"
         self._order: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
@@ -116,6 +117,8 @@ class InMemoryConsumer(GroupMember):
         order = [tp for tp in self._order if tp not in self._paused]
         if not order:
             return {}
+        if self._read_committed:
+            self._broker.transactions.expire()
         count = len(order)
         start = self._rotation % count
         self._rotation += 1
@@ -130,10 +133,13 @@ class InMemoryConsumer(GroupMember):
                 position = self._initial_position(tp, log)
             elif not log.start_offset <= position <= log.end_offset:
                 position = self._positions[tp] = self._reset_offset(log, position)
-            batch = log.read(position, limit)
+            if log.txn is None:
+                batch = log.read(position, limit)
+                self._positions[tp] = position + len(batch)
+            else:
+                batch, self._positions[tp] = log.read_visible(position, limit, self._read_committed)
             if batch:
                 out[tp] = batch
-                self._positions[tp] = position + len(batch)
                 limit -= len(batch)
                 if limit == 0:
                     break
@@ -264,7 +270,8 @@ class InMemoryConsumer(GroupMember):
         self._wakeup.set()
 
     async def end_offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """High watermark of each of ``tps`` (assigned or not).
+        """High watermark of each of ``tps`` (assigned or not); the last stable offset
+        for a ``read_committed`` consumer, as Kafka answers it.
 
         Raises ``UnknownTopicOrPartitionError`` when one of them does not exist.
         """
@@ -274,5 +281,5 @@ class InMemoryConsumer(GroupMember):
             log = self._broker.partition_log(tp)
             if log is None:
                 raise UnknownTopicOrPartitionError(f"partition {tp} does not exist")
-            result[tp] = log.end_offset
+            result[tp] = log.stable_end() if self._read_committed else log.end_offset
         return result

@@ -55,6 +55,32 @@ def record_batch_size(key: bytes | None, value: bytes | None, headers: Headers) 
     return BATCH_HEADER_BYTES + _varint_size(body) + body
 
 
+class PartitionTxnState:
+    """What a partition log knows of transactions: open ones, aborted records, markers."""
+
+    __slots__ = ("aborted", "control", "open_first")
+
+    def __init__(self) -> None:
+        self.open_first: dict[str, int] = {}  # transactional id -> its first offset here
+        self.aborted: set[int] = set()
+        self.control: set[int] = set()
+
+    def last_stable_offset(self, end_offset: int) -> int:
+        """The first offset a ``read_committed`` consumer may not read yet."""
+        return min(self.open_first.values(), default=end_offset)
+
+    def visible(self, offset: int, committed: bool) -> bool:
+        """Whether the record at ``offset`` is handed to a consumer of this isolation."""
+        if offset in self.control:
+            return False
+        return not (committed and offset in self.aborted)
+
+    def prune(self, start_offset: int) -> None:
+        """Forget offsets retention removed."""
+        self.aborted = {o for o in self.aborted if o >= start_offset}
+        self.control = {o for o in self.control if o >= start_offset}
+
+
 class PartitionLog:
     """The records of one partition, addressed by offset.
 
@@ -63,7 +89,7 @@ class PartitionLog:
     retention does.
     """
 
-    __slots__ = ("_base", "_head", "_records", "partition", "retention_records", "topic")
+    __slots__ = ("_base", "_head", "_records", "partition", "retention_records", "topic", "txn")
 
     def __init__(self, topic: str, partition: int, retention_records: int | None = None) -> None:
         self.topic = topic
@@ -72,6 +98,8 @@ class PartitionLog:
         self._records: list[Record] = []
         self._base = 0  # offset of self._records[0]
         self._head = 0  # index of the first record still retained
+        #: Transaction state, made on the first transactional write (None: plain log).
+        self.txn: PartitionTxnState | None = None
 
     @property
     def start_offset(self) -> int:
@@ -113,9 +141,50 @@ class PartitionLog:
         index = offset - self._base
         return self._records[index : index + max_records]
 
-    def retained(self) -> Sequence[Record]:
-        """Every retained record, oldest first."""
-        return self._records[self._head :]
+    def read_visible(
+        self, offset: int, max_records: int, committed: bool
+    ) -> tuple[list[Record], int]:
+        """Up to ``max_records`` records a consumer may see from ``offset``, and its next position.
+
+        Control markers (and, for ``committed`` reads, aborted records) are stepped
+        over; a committed read stops at the last stable offset.
+        """
+        state = self.txn
+        if state is None:
+            batch = self.read(offset, max_records)
+            return batch, offset + len(batch)
+        end = state.last_stable_offset(self.end_offset) if committed else self.end_offset
+        out: list[Record] = []
+        position = offset
+        while position < end and len(out) < max_records:
+            chunk = self.read(position, min(max_records, end - position))
+            if not chunk:
+                break
+            for record in chunk:
+                if len(out) == max_records:
+                    break
+                position = record.offset + 1
+                if state.visible(record.offset, committed):
+                    out.append(record)
+        return out, position
+
+    def stable_end(self) -> int:
+        """The last stable offset: where a ``read_committed`` consumer's end is."""
+        state = self.txn
+        return self.end_offset if state is None else state.last_stable_offset(self.end_offset)
+
+    def retained(self, *, committed: bool | None = None) -> Sequence[Record]:
+        """Every retained record, oldest first.
+
+        With transactions, control markers are left out; ``committed=True`` also
+        leaves out aborted records and stops at the last stable offset.
+        """
+        records = self._records[self._head :]
+        state = self.txn
+        if state is None:
+            return records
+        end = state.last_stable_offset(self.end_offset) if committed else self.end_offset
+        return [r for r in records if r.offset < end and state.visible(r.offset, bool(committed))]
 
     def _trim(self, count: int) -> None:
         self._head += count
@@ -123,3 +192,5 @@ class PartitionLog:
             del self._records[: self._head]
             self._base += self._head
             self._head = 0
+            if self.txn is not None:
+                self.txn.prune(self._base)

@@ -12,7 +12,7 @@ from core.streaming.embedded.broker import InMemoryBroker
 from core.streaming.embedded.log import estimate_record_size
 from core.streaming.embedded.partitioner import RoundRobin
 from core.streaming.errors import ClientClosedError, EmptyRecordError, MessageTooLargeError
-from core.streaming.types import Headers, StoredRecord
+from core.streaming.types import Headers, Record, StoredRecord
 from core.topic_names import validate_topic_name
 
 
@@ -121,10 +121,14 @@ class InMemoryProducer:
         except MessageTooLargeError as exc:
             future.set_exception(exc)
             return future
+        self._stored(record)
         future.set_result(
             StoredRecord(record.topic, record.partition, record.offset, record.timestamp)
         )
         return future
+
+    def _stored(self, record: Record) -> None:
+        """Called for each record this producer appended (transactions keep track)."""
 
     async def partitions_for(self, topic: str) -> set[int]:
         """Partition numbers of ``topic``, created first if auto-creation is on."""

@@ -21,20 +21,26 @@ from core.streaming.types import FetchedRecord, Headers, Record, TopicPartition
 class Outcome(StrEnum):
     """The state a message reached in its flow.
 
-    ``HANDLED``, ``DUPLICATE`` and ``DEAD_LETTERED`` are final: the offset may be
-    committed once the checkpoint has the outputs acknowledged and the done mark
-    written. ``FAILED`` means the last attempt failed and the error path has not
-    decided yet; a message without an outcome has not run (yet).
+    ``HANDLED``, ``DUPLICATE``, ``DEAD_LETTERED`` and ``RETRY_SCHEDULED`` (moved
+    to a retry topic) are final: the offset may be committed once the checkpoint
+    has the outputs acknowledged and the done mark written. ``FAILED`` means the
+    last attempt failed and the error path has not decided yet; a message without
+    an outcome has not run (yet).
     """
 
     HANDLED = "handled"
     DUPLICATE = "duplicate"
     DEAD_LETTERED = "dead_lettered"
+    RETRY_SCHEDULED = "retry_scheduled"
     FAILED = "failed"
 
 
 #: Outcomes after which a message's offset may be committed.
-FINAL_OUTCOMES = frozenset({Outcome.HANDLED, Outcome.DUPLICATE, Outcome.DEAD_LETTERED})
+FINAL_OUTCOMES = frozenset(
+    {Outcome.HANDLED, Outcome.DUPLICATE, Outcome.DEAD_LETTERED, Outcome.RETRY_SCHEDULED}
+)
+#: Final outcomes of messages that left the flow unhandled: their dedup claims are given back.
+LEFT_FLOW = frozenset({Outcome.DEAD_LETTERED, Outcome.RETRY_SCHEDULED})
 
 
 class ConsumedMessage:

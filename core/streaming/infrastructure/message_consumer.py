@@ -26,6 +26,7 @@ from core.streaming.types import TopicPartition
 logger = logging.getLogger(__name__)
 
 RevocationHook = Callable[[set[TopicPartition]], Awaitable[None]]
+AssignmentHook = Callable[[set[TopicPartition]], Awaitable[None]]
 CommitListener = Callable[[dict[TopicPartition, int]], None]
 
 
@@ -65,6 +66,7 @@ class MessageConsumer:
         self._last_commit = time.monotonic()
         self._commit_lock = asyncio.Lock()
         self._revocation_hook: RevocationHook | None = None
+        self._assignment_hook: AssignmentHook | None = None
         self._commit_listeners: list[CommitListener] = []
         self._assigned_event = asyncio.Event()
         self._joined = False
@@ -120,6 +122,10 @@ class MessageConsumer:
     def set_revocation_hook(self, hook: RevocationHook | None) -> None:
         """Awaited on revocation, before the revoked partitions' state is dropped."""
         self._revocation_hook = hook
+
+    def set_assignment_hook(self, hook: AssignmentHook | None) -> None:
+        """Awaited after newly assigned partitions got their bookkeeping."""
+        self._assignment_hook = hook
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Called with the offsets after every successful commit."""
@@ -213,15 +219,19 @@ class MessageConsumer:
             return
         async with self._commit_lock:
             await self._client.commit(offsets)
-            for tp, position in offsets.items():
-                state = self._offsets.get(tp)
-                if state is not None:
-                    state.committed = position
-            self.commits += 1
-            self._finished_since_commit = 0
-            self._last_commit = time.monotonic()
-            for listener in self._commit_listeners:
-                listener(dict(offsets))
+            self.record_committed(offsets)
+
+    def record_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Note offsets committed (by ``commit_offsets`` or inside a transaction)."""
+        for tp, position in offsets.items():
+            state = self._offsets.get(tp)
+            if state is not None:
+                state.committed = position
+        self.commits += 1
+        self._finished_since_commit = 0
+        self._last_commit = time.monotonic()
+        for listener in self._commit_listeners:
+            listener(dict(offsets))
 
     async def commit(self, message: ConsumedMessage | None = None) -> None:
         """Standalone use: mark ``message`` finished and commit when the policy says so.
@@ -278,6 +288,28 @@ class MessageConsumer:
                 self._client.seek(tp, position)
                 positions[tp] = position
         return positions
+
+    def generation_now(self, tp: TopicPartition) -> int | None:
+        """The bookkeeping generation of ``tp``'s current messages (None: not ours)."""
+        state = self._offsets.get(tp)
+        return None if state is None else state.generation
+
+    def restart_at(self, offsets: Mapping[TopicPartition, int | None]) -> None:
+        """Fetch assigned partitions again from ``offsets`` (None: where their assignment
+        began), forgetting what was fetched of them (their old messages become stale)."""
+        client = self._client
+        if client is None:
+            return
+        self._epoch += 1
+        assigned = client.assignment()
+        for tp, offset in offsets.items():
+            old = self._offsets.get(tp)
+            if offset is None and old is not None:
+                offset = old.committed  # where this assignment started fetching
+            if tp in assigned:
+                if offset is not None:
+                    client.seek(tp, offset)
+                self._offsets[tp] = PartitionOffsets(self._epoch, committed=offset)
 
     def group_generation_of(self, tp: TopicPartition) -> int:
         """The group generation in which this member was given ``tp`` (-1 if unknown)."""
@@ -374,5 +406,7 @@ class MessageConsumer:
             if tp not in self._offsets:
                 self._offsets[tp] = PartitionOffsets(self._epoch)
             self._group_generations[tp] = generation
+        if assigned and self._assignment_hook is not None:
+            await self._assignment_hook(assigned)
         if assigned:
             self._assigned_event.set()

@@ -26,6 +26,7 @@ from core.streaming.correlation import HEADER_TRACEPARENT, CorrelationContext
 from core.streaming.errors import ClientClosedError
 from core.streaming.infrastructure.closing import bounded_close
 from core.streaming.infrastructure.consumed_message import track_output
+from core.streaming.infrastructure.transactions import current_transaction
 from core.streaming.tracing import current_traceparent
 from core.streaming.types import Headers, RecordMetadata
 
@@ -286,21 +287,37 @@ class MessageProducer:
         partition: int | None,
         event_id: str | None,
     ) -> PendingSend:
-        client = await self._ready_client()
         envelope = self.build_envelope(data, event_type, correlation_id, causation_id, event_id)
         all_headers: list[tuple[str, bytes | None]] = list(self.envelope_headers(envelope))
         if headers:
             all_headers.extend(headers)
-        ack = await client.send(
-            topic,
-            self._dumps(envelope),
-            key=encode_key(key),
-            headers=all_headers,
-            partition=partition,
+        ack = await self._send(
+            topic, self._dumps(envelope), encode_key(key), all_headers, partition
         )
-        self._watch(ack)
         self.sent += 1
         return PendingSend(str(envelope["id"]), ack)
+
+    async def _send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers | None,
+        partition: int | None,
+    ) -> Awaitable[RecordMetadata]:
+        """Hand a record to the client, or to the open transaction of the input partition
+        whose handler is running in an exactly-once flow."""
+        transaction = current_transaction()
+        if transaction is not None:
+            if self._stopped:
+                raise ClientClosedError(f"producer of {self.service_name} is stopped")
+            return await transaction.send(
+                topic, value, key=key, headers=headers, partition=partition
+            )
+        client = await self._ready_client()
+        ack = await client.send(topic, value, key=key, headers=headers, partition=partition)
+        self._watch(ack)
+        return ack
 
     async def send(
         self,
@@ -341,9 +358,7 @@ class MessageProducer:
         partition: int | None = None,
     ) -> RecordMetadata:
         """Send bytes and headers exactly as given; return the broker's acknowledgement."""
-        client = await self._ready_client()
-        ack = await client.send(topic, value, key=key, headers=headers, partition=partition)
-        self._watch(ack)
+        ack = await self._send(topic, value, key, headers, partition)
         metadata = await ack
         self.sent += 1
         return metadata

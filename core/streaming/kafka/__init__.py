@@ -13,6 +13,7 @@ from core.streaming.kafka.errors import (
     KAFKA_TRANSIENT_ERRORS,
 )
 from core.streaming.kafka.producer import KafkaProducerClient
+from core.streaming.kafka.transactional import KafkaTransactionalProducerClient
 
 __all__ = [
     "KAFKA_ERRORS",
@@ -21,4 +22,5 @@ __all__ = [
     "KafkaAdminClient",
     "KafkaConsumerClient",
     "KafkaProducerClient",
+    "KafkaTransactionalProducerClient",
 ]

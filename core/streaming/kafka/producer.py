@@ -42,6 +42,8 @@ class KafkaProducerClient:
         linger_ms: int = 5,
         max_request_size: int = 1_048_576,
         idempotent: bool = True,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
     ) -> None:
         compression = None if config.compression_type == "none" else config.compression_type
         self._producer = AIOKafkaProducer(
@@ -53,6 +55,8 @@ class KafkaProducerClient:
             max_request_size=max_request_size,
             request_timeout_ms=config.request_timeout_ms,
             retry_backoff_ms=100,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=transaction_timeout_ms,
             **connection_kwargs(config),
         )
         self._max_request_size = max_request_size

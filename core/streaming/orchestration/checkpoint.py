@@ -17,6 +17,12 @@ this order:
 The loop calls it when the :class:`CommitPolicy` is due (at most one commit in
 flight, overlapped with fetching and handling); revocation, stop and crash
 recovery call the same method. Nothing else commits.
+
+In an exactly-once flow (``transactions`` given) steps 1, 3 and 4 run per input
+partition while its handlers are held between runs, and step 4 commits the
+partition's transaction: its outputs and its next offset together
+(:meth:`PartitionTransaction.commit`). Done marks (step 2) are written after that
+commit, so a message whose transaction aborted is handled again, never skipped.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.streaming.errors import OutputFailedError
+from core.streaming.errors import OutputFailedError, ProducerFencedError
 from core.streaming.infrastructure.consumed_message import (
     FINAL_OUTCOMES,
     ConsumedMessage,
@@ -35,6 +41,7 @@ from core.streaming.infrastructure.consumed_message import (
 )
 from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.infrastructure.offset_tracker import CommitPolicy
+from core.streaming.infrastructure.transactions import PartitionTransactions
 from core.streaming.reliability.dedup_step import DedupStep
 from core.streaming.reliability.deduplication_manager import DedupUnavailableError
 from core.streaming.reliability.sensors import Sensor
@@ -57,6 +64,7 @@ class Checkpoint:
         sensor: Sensor | None = None,
         recover: Recover | None = None,
         timeout_s: float = 10.0,
+        transactions: PartitionTransactions | None = None,
     ) -> None:
         self.consumer = consumer
         self.policy = policy or consumer.commit_policy
@@ -64,7 +72,10 @@ class Checkpoint:
         self.sensor = sensor or Sensor()
         self.recover = recover
         self.timeout_s = timeout_s
+        self.transactions = transactions
         self._window: list[ConsumedMessage] = []
+        # Exactly-once: finished messages whose done marks wait for their transaction.
+        self._unmarked: list[ConsumedMessage] = []
         self._since_commit = 0
         self._last_commit = time.monotonic()
         self._lock = asyncio.Lock()
@@ -133,6 +144,8 @@ class Checkpoint:
         async with self._lock:
             self._since_commit = 0
             self._last_commit = time.monotonic()
+            if self.transactions is not None:
+                return await self._commit_transactions(self.transactions, partitions, limit)
             window = self._take_window(partitions)
             keep: list[ConsumedMessage] = []
             try:
@@ -172,8 +185,108 @@ class Checkpoint:
         self._window = [m for m in self._window if m.topic_partition not in partitions]
         return mine
 
+    def _take_partition(self, tp: TopicPartition) -> list[ConsumedMessage]:
+        """The window's messages of ``tp`` (one pass, no per-message tuple)."""
+        topic, partition = tp
+        mine: list[ConsumedMessage] = []
+        rest: list[ConsumedMessage] = []
+        for message in self._window:
+            record = message.record
+            if record.partition == partition and record.topic == topic:
+                mine.append(message)
+            else:
+                rest.append(message)
+        self._window = rest
+        return mine
+
+    async def _commit_transactions(
+        self,
+        transactions: PartitionTransactions,
+        partitions: set[TopicPartition] | None,
+        limit: float,
+    ) -> bool:
+        """Exactly-once: commit each input partition's transaction that has work in it."""
+        owned = transactions.partitions()
+        busy = {m.topic_partition for m in self._window}
+        busy.update(self.consumer.pending_offsets(owned))
+        busy.update(tp for tp in owned if (p := transactions.get(tp)) is not None and p.kept)
+        chosen = busy & owned if partitions is None else partitions & owned
+        results = await asyncio.gather(
+            *(self._commit_partition(transactions, tp, limit) for tp in sorted(chosen))
+        )
+        if all(results) and not self._window:
+            self.last_error = None
+        return all(results)
+
+    async def _commit_partition(
+        self, transactions: PartitionTransactions, tp: TopicPartition, limit: float
+    ) -> bool:
+        """Steps 1, 3, 4 (the partition's transaction) and then 2, for one partition."""
+        ptx = transactions.get(tp)
+        if ptx is None:
+            return False
+        started = time.monotonic()
+        try:
+            # Handlers of the partition pause between runs while it commits.
+            await asyncio.wait_for(ptx.lock.acquire(), limit)
+        except TimeoutError:
+            self._fail(TimeoutError(f"{tp} stayed busy for {limit:g} s; committed later"))
+            return False
+        try:
+            window = self._take_partition(tp)
+            try:
+                ready = await asyncio.wait_for(self._settle(window, [], marks=False), limit)
+            except BaseException as exc:
+                self._window.extend(m for m in window if m.outcome in FINAL_OUTCOMES)
+                if not isinstance(exc, TimeoutError):
+                    raise
+                self._fail(TimeoutError(f"outputs of {tp} not acknowledged within {limit:g} s"))
+                return False
+            held = self.dedup.held if self.dedup is not None else None
+            for message in ready:
+                self.consumer.mark_finished(message)
+                if held is not None and message in held and message.outcome is Outcome.HANDLED:
+                    self._unmarked.append(message)
+            position = self.consumer.pending_offsets({tp}).get(tp)
+            committed = await ptx.commit(position)
+        except ProducerFencedError as exc:
+            transactions.note_fenced(ptx)
+            self._fail(exc)
+            return False
+        except Exception as exc:
+            self._fail(exc)
+            return False
+        finally:
+            ptx.lock.release()
+        if position is not None:
+            self.consumer.record_committed({tp: position})
+        if committed:
+            self.sensor.on_commit(
+                {tp: position} if position is not None else {}, time.monotonic() - started
+            )
+        await self._mark_committed(tp)
+        return True
+
+    async def _mark_committed(self, tp: TopicPartition) -> None:
+        """Step 2 of an exactly-once flow: done marks of messages whose offsets committed."""
+        if self.dedup is None or not self._unmarked:
+            return
+        committed = self.consumer.committed_offset(tp)
+        if committed is None:
+            return
+        due = [m for m in self._unmarked if m.topic_partition == tp and m.offset < committed]
+        if not due:
+            return
+        try:
+            await self.dedup.mark_done(due)
+        except DedupUnavailableError as exc:
+            self._fail(exc)  # kept: written at a later checkpoint
+            return
+        marked = set(map(id, due))
+        self._unmarked = [m for m in self._unmarked if id(m) not in marked]
+
     async def _settle(
-        self, window: list[ConsumedMessage], keep: list[ConsumedMessage]
+        self, window: list[ConsumedMessage], keep: list[ConsumedMessage], *, marks: bool = True
     ) -> list[ConsumedMessage]:
         """Steps 1 and 2: the messages that may be finished; ``keep`` gets those to retry."""
         # 1. outputs acknowledged
@@ -196,7 +309,7 @@ class Checkpoint:
             if failed:
                 window = [m for m in window if id(m) not in failed]
         # 2. done marks written
-        if self.dedup is not None:
+        if marks and self.dedup is not None:
             held = self.dedup.held
             handled = [m for m in window if m in held and m.outcome is Outcome.HANDLED]
             if handled:
@@ -220,6 +333,9 @@ class Checkpoint:
             cause,
         )
         self.sensor.on_recovered(message)
+        ptx = self.transactions.get(message.topic_partition) if self.transactions else None
+        if ptx is not None:
+            ptx.refused(message.offset, cause)  # its retry sends them again
         if self.recover is not None:
             self.recover(message, error)
 
@@ -234,7 +350,14 @@ class Checkpoint:
 
     def drop(self, partitions: set[TopicPartition] | None = None) -> list[ConsumedMessage]:
         """Forget window messages (of ``partitions``) that will not be committed here."""
-        return self._take_window(partitions)
+        dropped = self._take_window(partitions)
+        if self._unmarked:
+            gone = [
+                m for m in self._unmarked if partitions is None or m.topic_partition in partitions
+            ]
+            self._unmarked = [m for m in self._unmarked if m not in gone]
+            dropped.extend(gone)
+        return dropped
 
     def health(self) -> dict[str, Any]:
         """Window size and the last failure, for health reports."""

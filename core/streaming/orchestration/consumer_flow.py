@@ -65,6 +65,8 @@ class ConsumerFlow:
         self.name = name or f"{consumer.group_id}:{'+'.join(consumer.topics)}"
         self.sensor = reliability_layer.sensor
         self.metrics = reliability_layer.metrics_collector
+        #: Exactly-once: the transactional producers of the input partitions (or None).
+        self.transactions = reliability_layer.transactions
         self.checkpoint = Checkpoint(
             consumer,
             policy=consumer.commit_policy,
@@ -72,6 +74,7 @@ class ConsumerFlow:
             sensor=self.sensor,
             recover=self._recover,
             timeout_s=self.options.stop_timeout_s,
+            transactions=self.transactions,
         )
         self._revoking: set[TopicPartition] = set()
         self._recovering: set[asyncio.Task[None]] = set()
@@ -82,8 +85,14 @@ class ConsumerFlow:
         self.outage: str | None = None
         self.backpressure_pauses = 0
         self._last_lag_refresh = 0.0
-        reliability_layer.set_revoked(lambda m: m.topic_partition in self._revoking)
+        reliability_layer.set_revoked(self._leaving)
         consumer.set_revocation_hook(self._on_revoke)
+        if self.transactions is not None:
+            # Fence the previous owners, then fetch again from the (now stable) commit.
+            self.transactions.set_consumer(consumer)
+            consumer.set_assignment_hook(self.transactions.assign)
+            # A fenced partition's runs stop between messages (see _leaving).
+            self.transactions.on_fenced = lambda: reliability_layer.halt(True)
 
     def _new_dispatcher(self) -> Dispatcher:
         per_message = self.consumer.commit_policy.per_message
@@ -96,9 +105,25 @@ class ConsumerFlow:
             keeps=self._keeps,
         )
 
+    def _leaving(self, message: ConsumedMessage) -> bool:
+        """Whether a message's partition is being given up (revoked, or fenced)."""
+        txns = self.transactions
+        if not self._revoking and (txns is None or not txns.fenced_total):
+            return False
+        tp = message.topic_partition
+        return tp in self._revoking or (txns is not None and txns.is_fenced(tp))
+
     def _keeps(self, message: ConsumedMessage) -> bool:
         """Whether a message left unrun goes back to its lane."""
-        return not self._stopping and message.topic_partition not in self._revoking
+        tp = message.topic_partition
+        if self._stopping or tp in self._revoking:
+            return False
+        # Exactly-once: a partition being taken over is fetched again from its commit.
+        txns = self.transactions
+        if txns is None:
+            return True
+        current = self.consumer.generation_now(tp) == message.generation
+        return current and txns.get(tp) is not None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -234,6 +259,8 @@ class ConsumerFlow:
             await self.checkpoint.commit(partitions, timeout_s=max(0.5, deadline - loop.time()))
         finally:
             await self._release(self.checkpoint.drop(partitions))
+            if self.transactions is not None:
+                await self.transactions.close(partitions)
             self.sensor.on_partitions_revoked(partitions)
             self._revoking -= partitions
             self.layer.halt(bool(self._revoking))
@@ -295,6 +322,8 @@ class ConsumerFlow:
             if self.consumer.is_running:
                 await self.checkpoint.commit()
             await self._release(self.checkpoint.drop())
+            if self.transactions is not None:
+                await self.transactions.close()
         finally:
             try:
                 await self.consumer.stop()
@@ -321,8 +350,14 @@ class ConsumerFlow:
             "waiting_on_claims": dedup.waiting if dedup is not None else 0,
             "dedup_store_failing": dedup.store_failing if dedup is not None else False,
             "dead_letter_blocked": layer.error_handler.dead_letter_blocked,
+            "error_handling": layer.error_handler.health(),
             "checkpoint_error": self.checkpoint.last_error,
             "outage": self.outage,
+            **(
+                {"transactions": self.transactions.health()}
+                if self.transactions is not None
+                else {}
+            ),
             "outcomes": {k.value: v for k, v in layer.outcomes.items()},
         }
 
@@ -332,6 +367,7 @@ class ConsumerFlow:
         report = self.health()
         return not (
             report["outage"]
+            or report.get("transactions", {}).get("starting")
             or report["overdue_handlers"]
             or report["waiting_on_claims"]
             or report["dedup_store_failing"]

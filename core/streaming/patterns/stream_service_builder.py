@@ -10,59 +10,30 @@ service with environment variables; per-flow keyword overrides win over both.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from core.config.settings import RedpandaSettings, ReliabilitySettings, Settings
 from core.streaming.clients import Redis
 from core.streaming.infrastructure.connection_manager import ConnectionManager
-from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.infrastructure.message_producer import MessageProducer
-from core.streaming.infrastructure.offset_tracker import CommitPolicy
-from core.streaming.orchestration.consumer_flow import FlowOptions
-from core.streaming.orchestration.dispatcher import OrderingMode
 from core.streaming.orchestration.ops_server import OpsServer
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
-from core.streaming.reliability.deduplication_manager import DeduplicationManager
+from core.streaming.patterns.flow_assembly import (
+    DedupKey,
+    FlowAssembler,
+    FlowOverrides,
+    FlowSpec,
+    flow_settings,
+    parse_overrides,
+)
 from core.streaming.reliability.error_handler import ErrorHandler
 from core.streaming.reliability.metrics_collector import MetricsCollector
-from core.streaming.reliability.reliability_layer import ReliabilityLayer
-from core.streaming.reliability.steps import BatchHandler, Handler, Step
+from core.streaming.reliability.steps import BatchHandler, Handler
+
+__all__ = ["DedupKey", "FlowOverrides", "StreamServiceBuilder"]
 
 logger = logging.getLogger(__name__)
-
-DedupKey = Callable[[dict[str, Any]], str | None]
-
-
-@dataclass(frozen=True)
-class FlowOverrides:
-    """Per-flow settings that win over the service's; ``None`` keeps the default."""
-
-    dedup: bool | None = None
-    retry_attempts: int | None = None
-    retry_backoff_initial_ms: int | None = None
-    retry_backoff_max_ms: int | None = None
-    dead_letters: bool | None = None
-    dead_letter_topic: str | None = None
-    ordering: OrderingMode | None = None
-    concurrency: int | None = None
-    commit_policy: CommitPolicy | None = None
-    max_in_flight: int | None = None
-    auto_offset_reset: str = "earliest"
-    error_handler: ErrorHandler | None = None
-    dedup_key: DedupKey | None = None
-    handler_timeout_s: float | None = None
-    steps: tuple[Step, ...] = ()
-
-
-@dataclass
-class _FlowSpec:
-    topics: list[str]
-    group_id: str
-    handler: Handler
-    overrides: FlowOverrides = field(default_factory=FlowOverrides)
-    batch_handler: BatchHandler | None = None
 
 
 class StreamServiceBuilder:
@@ -81,8 +52,9 @@ class StreamServiceBuilder:
         self._use_redis = False
         self._error_handler: ErrorHandler | None = None
         self._retry: dict[str, int] = {}
+        self._defaults: dict[str, Any] = {}
         self._metrics_collector: MetricsCollector | None = None
-        self._flows: list[_FlowSpec] = []
+        self._flows: list[FlowSpec] = []
         self._want_producer = False
         self._produced_topics: list[str] = []
         self._ensure_topics = True
@@ -116,6 +88,17 @@ class StreamServiceBuilder:
                 self._retry[name] = value
         return self
 
+    def with_reliability_defaults(self, **fields: Any) -> StreamServiceBuilder:
+        """This service's own defaults for reliability settings, under the environment.
+
+        ``with_reliability_defaults(processing_guarantee="exactly_once")`` makes a
+        service exactly-once unless ``TRADESTREAM_RELIABILITY__PROCESSING_GUARANTEE``
+        or ``TRADESTREAM_SERVICES__<service>__PROCESSING_GUARANTEE`` says otherwise.
+        """
+        ReliabilitySettings.model_validate(fields)  # refuses unknown fields and bad values
+        self._defaults.update(fields)
+        return self
+
     def with_metrics(
         self, metrics_collector: MetricsCollector | None = None
     ) -> StreamServiceBuilder:
@@ -147,11 +130,19 @@ class StreamServiceBuilder:
 
         Keyword overrides are the fields of :class:`FlowOverrides` (``dedup``,
         ``dedup_key``, ``retry_attempts``, ``dead_letter_topic``, ``ordering``,
-        ``concurrency``, ``commit_policy``, ``handler_timeout_s``, ``steps``, ...).
+        ``concurrency``, ``commit_policy``, ``handler_timeout_s``, ``steps``,
+        ``processing_guarantee``, ...).
+
+        ``processing_guarantee="exactly_once"`` commits the handler's sends (through
+        the service's producers), its dead letters and the input offsets in one Kafka
+        transaction per input partition and checkpoint; it needs
+        ``ordering="partition"`` and a per-event handler.
         """
         if isinstance(topics, str):
             topics = [topics]
-        self._flows.append(_FlowSpec(list(topics), group_id, handler_func, _overrides(overrides)))
+        self._flows.append(
+            FlowSpec(list(topics), group_id, handler_func, parse_overrides(overrides))
+        )
         return self
 
     def add_batch_handler(
@@ -175,7 +166,7 @@ class StreamServiceBuilder:
             raise RuntimeError("a batch flow has no per-event handler")
 
         self._flows.append(
-            _FlowSpec(list(topics), group_id, unused, _overrides(overrides), handler_func)
+            FlowSpec(list(topics), group_id, unused, parse_overrides(overrides), handler_func)
         )
         return self
 
@@ -190,6 +181,10 @@ class StreamServiceBuilder:
     def reliability(self) -> ReliabilitySettings:
         """The service's reliability settings: settings, per-service env overrides, builder."""
         base = self.settings.reliability_for(self.service_name)
+        if self._defaults:
+            explicit = self.settings.reliability_fields_set(self.service_name)
+            update = {k: v for k, v in self._defaults.items() if k not in explicit}
+            base = ReliabilitySettings.model_validate(base.model_dump() | update)
         return base.model_copy(update=self._retry) if self._retry else base
 
     def build(self) -> ServiceOrchestrator:
@@ -227,88 +222,30 @@ class StreamServiceBuilder:
                 self.config, self.service_name, stop_timeout_s=rel.stop_timeout_s
             )
             orchestrator.add_producer(producer)
-        needs_dlq = any(self._dead_letters_on(spec, rel) for spec in self._flows)
+        needs_dlq = any(
+            self._dead_letters_on(spec, rel) or self._flow_settings(spec, rel).retry_topics
+            for spec in self._flows
+        )
         dlq_producer = producer
         if needs_dlq and dlq_producer is None and self._error_handler is None:
             dlq_producer = MessageProducer(
                 self.config, f"{self.service_name}-dlq", stop_timeout_s=rel.stop_timeout_s
             )
             orchestrator.add_producer(dlq_producer, internal=True)
+        assembler = FlowAssembler(
+            self.service_name,
+            self.config,
+            orchestrator,
+            connections,
+            metrics,
+            dlq_producer,
+            self._error_handler,
+            self.settings.redis.dedup_shard_count,
+        )
         topics: list[str] = []
         for spec in self._flows:
             flow_rel = self._flow_settings(spec, rel)
-            if flow_rel.revocation_timeout_s * 2000 > self.config.rebalance_timeout_ms:
-                raise ValueError(
-                    f"flow {spec.group_id}: revocation_timeout_s "
-                    f"({flow_rel.revocation_timeout_s:g} s) must be at most half of the "
-                    f"consumer's rebalance_timeout_ms ({self.config.rebalance_timeout_ms} ms)"
-                )
-            consumer = MessageConsumer(
-                self.config,
-                spec.topics,
-                spec.group_id,
-                commit_policy=spec.overrides.commit_policy
-                or CommitPolicy(
-                    every=flow_rel.commit_every, interval_ms=flow_rel.commit_interval_ms
-                ),
-                auto_offset_reset=spec.overrides.auto_offset_reset,
-                commit_timeout_s=flow_rel.stop_timeout_s,
-            )
-            error_handler = spec.overrides.error_handler or self._error_handler
-            if error_handler is None:
-                error_handler = ErrorHandler(
-                    dlq_producer,
-                    self.service_name,
-                    consumer_group=spec.group_id,
-                    max_attempts=flow_rel.retry_max_attempts,
-                    backoff_initial_ms=flow_rel.retry_backoff_initial_ms,
-                    backoff_max_ms=flow_rel.retry_backoff_max_ms,
-                    dead_letter_enabled=flow_rel.dead_letter_enabled,
-                    dead_letter_suffix=flow_rel.dead_letter_suffix,
-                    dead_letter_topic=spec.overrides.dead_letter_topic,
-                    metrics=metrics,
-                )
-            deduplicator = None
-            if spec in dedup_flows:
-                deduplicator = DeduplicationManager(
-                    connections.redis,
-                    self.service_name,
-                    flow_rel.dedup_ttl_seconds,
-                    consumer_group=spec.group_id,
-                    processing_ttl_ms=flow_rel.dedup_processing_ttl_ms,
-                    local_cache_size=flow_rel.dedup_local_cache_size,
-                    failure_policy=flow_rel.dedup_failure_policy,
-                    shards=self.settings.redis.dedup_shard_count,
-                    metrics=metrics,
-                )
-            layer = ReliabilityLayer(
-                self.service_name,
-                spec.handler,
-                consumer,
-                deduplicator=deduplicator,
-                error_handler=error_handler,
-                metrics_collector=metrics,
-                steps=spec.overrides.steps,
-                dedup_key=spec.overrides.dedup_key,
-                handler_timeout_s=spec.overrides.handler_timeout_s or flow_rel.handler_timeout_s,
-                batch_handler=spec.batch_handler,
-            )
-            orchestrator.add_consumer_flow(
-                consumer,
-                layer,
-                FlowOptions(
-                    ordering=flow_rel.ordering,
-                    concurrency=flow_rel.default_concurrency,
-                    max_in_flight=flow_rel.max_in_flight,
-                    max_in_flight_bytes=flow_rel.max_in_flight_bytes,
-                    drain_timeout_s=flow_rel.drain_timeout_s,
-                    revocation_timeout_s=flow_rel.revocation_timeout_s,
-                    stop_timeout_s=flow_rel.stop_timeout_s,
-                ),
-            )
-            topics.extend(spec.topics)
-            if flow_rel.dead_letter_enabled:
-                topics.extend(error_handler.dead_letter_topic_for(t) for t in spec.topics)
+            topics.extend(assembler.add(spec, flow_rel, dedup=spec in dedup_flows))
         topics.extend(self._produced_topics)
         if self._ensure_topics:
             orchestrator.ensure_topics_on_start(topics)
@@ -326,44 +263,17 @@ class StreamServiceBuilder:
         self._built = orchestrator
         return orchestrator
 
-    def _dedup_on(self, spec: _FlowSpec, rel: ReliabilitySettings) -> bool:
+    def _dedup_on(self, spec: FlowSpec, rel: ReliabilitySettings) -> bool:
         """Code asks for dedup (with_redis, or dedup=True on the flow); settings may veto."""
         wanted = self._use_redis if spec.overrides.dedup is None else spec.overrides.dedup
         return wanted and self._flow_settings(spec, rel).dedup_enabled
 
-    def _dead_letters_on(self, spec: _FlowSpec, rel: ReliabilitySettings) -> bool:
+    def _dead_letters_on(self, spec: FlowSpec, rel: ReliabilitySettings) -> bool:
         return (
             spec.overrides.dead_letters
             if spec.overrides.dead_letters is not None
             else rel.dead_letter_enabled
         )
 
-    def _flow_settings(self, spec: _FlowSpec, rel: ReliabilitySettings) -> ReliabilitySettings:
-        o = spec.overrides
-        update: dict[str, Any] = {}
-        for field_name, value in (
-            ("retry_max_attempts", o.retry_attempts),
-            ("retry_backoff_initial_ms", o.retry_backoff_initial_ms),
-            ("retry_backoff_max_ms", o.retry_backoff_max_ms),
-            ("dead_letter_enabled", o.dead_letters),
-            ("ordering", o.ordering),
-            ("default_concurrency", o.concurrency),
-            ("max_in_flight", o.max_in_flight),
-        ):
-            if value is not None:
-                update[field_name] = value
-        return rel.model_copy(update=update) if update else rel
-
-
-def _overrides(values: dict[str, Any]) -> FlowOverrides:
-    """Per-flow overrides, refusing combinations that cannot mean what they say."""
-    steps = values.get("steps")
-    if steps is not None:
-        values = {**values, "steps": tuple(steps)}
-    overrides = FlowOverrides(**values)
-    if overrides.ordering == "partition" and (overrides.concurrency or 1) > 1:
-        raise ValueError(
-            "ordering='partition' runs one lane per partition; for concurrency within a "
-            "partition use ordering='key' (per-key order) or 'unordered'"
-        )
-    return overrides
+    def _flow_settings(self, spec: FlowSpec, rel: ReliabilitySettings) -> ReliabilitySettings:
+        return flow_settings(spec, rel)

@@ -26,11 +26,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    wait_exponential,
+)
 
 from core.streaming.clients import TOO_LARGE_ERRORS
-from core.streaming.errors import StreamingError
-from core.streaming.infrastructure.consumed_message import ConsumedMessage
+from core.streaming.errors import ProducerFencedError, StreamingError
+from core.streaming.infrastructure.consumed_message import (
+    ConsumedMessage,
+    reset_current_message,
+    set_current_message,
+)
 from core.streaming.infrastructure.message_producer import MessageProducer
 
 logger = logging.getLogger(__name__)
@@ -234,7 +244,9 @@ class DeadLetterWriter:
             )
 
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(Exception),
+            # A fenced transactional producer will never write again: no retry.
+            retry=retry_if_exception_type(Exception)
+            & retry_if_not_exception_type(ProducerFencedError),
             wait=wait_exponential(
                 multiplier=self.retry_backoff_initial_s, max=self.retry_backoff_max_s
             ),
@@ -245,9 +257,20 @@ class DeadLetterWriter:
         try:
 
             async def attempt() -> None:
-                await self._write_once(topic_for(), raw_message, error, attempts)
+                # The write belongs to the message (an exactly-once flow keeps it in the
+                # message's transaction).
+                token = set_current_message(raw_message)
+                try:
+                    await self._write_once(topic_for(), raw_message, error, attempts)
+                finally:
+                    reset_current_message(token)
 
             await retrying(attempt)
+        except ProducerFencedError as exc:
+            raise DeadLetterAbortedError(
+                f"dead letter of {raw_message.location()} not written: its partition was "
+                "taken over by a newer owner; not committed here"
+            ) from exc
         except _Stopped:
             raise DeadLetterAbortedError(
                 f"dead-letter write of {raw_message.location()} to {topic_for()!r} "

@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from core.streaming.infrastructure.closing import raise_if_cancelled
-from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
+from core.streaming.infrastructure.consumed_message import LEFT_FLOW, ConsumedMessage, Outcome
 from core.streaming.reliability.deduplication_manager import (
     ClaimResult,
     DeduplicationManager,
@@ -197,7 +197,7 @@ class DedupStep:
             if end < size:
                 await self._wait_for_claim(batch[end])
             start = end
-        await self.release([m for m in batch if m.outcome is Outcome.DEAD_LETTERED])
+        await self.release([m for m in batch if m.outcome in LEFT_FLOW])
 
     async def _wait_for_claim(self, message: ConsumedMessage) -> None:
         """Ask again, with backoff, until the id is ours, done, or bypassed."""

@@ -2,8 +2,8 @@
 
 The chain is composed once, from the features that are on:
 
-    correlation -> metrics -> [dedup] -> retry/dead letter -> [user steps]
-        -> handler (with [tracing] spans and the [handler timeout])
+    correlation -> metrics -> [dedup] -> [transaction] -> retry/dead letter
+        -> [user steps] -> handler (with [tracing] spans and the [handler timeout])
 
 A lane runs a run of messages through it with one call (:meth:`process_batch`);
 each message ends with an :class:`Outcome`, and final ones are handed to the
@@ -23,6 +23,7 @@ from core.streaming.errors import OutputFailedError
 from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
 from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.infrastructure.message_producer import MessageProducer
+from core.streaming.infrastructure.transactions import PartitionTransactions
 from core.streaming.reliability.dedup_step import DedupKey, DedupStep
 from core.streaming.reliability.deduplication_manager import DeduplicationManager
 from core.streaming.reliability.error_handler import ErrorHandler
@@ -43,6 +44,7 @@ from core.streaming.reliability.steps import (
     Step,
     compose,
 )
+from core.streaming.reliability.transaction_step import TransactionStep
 from core.streaming.tracing import TracingStep, tracing_active
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class ReliabilityLayer:
         handler_timeout_s: float | None = None,
         batch_handler: BatchHandler | None = None,
         sensors: Sequence[Sensor] = (),
+        transactions: PartitionTransactions | None = None,
     ) -> None:
         self.service_name = service_name
         self.handler_func = handler_func
@@ -107,9 +110,16 @@ class ReliabilityLayer:
                 generation_of=consumer.group_generation_of,
             )
         self._stopping = False
+        #: Exactly-once: a transaction per input partition (None: at-least-once).
+        self.transactions = transactions
+        self.transaction_step = (
+            TransactionStep(transactions, consumer.generation_now) if transactions else None
+        )
         operation = f"process_{'+'.join(consumer.topics)}"
         tracing = TracingStep(service_name) if tracing_active() else None
         scopes = [tracing.message_scope] if tracing else []
+        if self.transaction_step is not None:
+            scopes.append(self.transaction_step.message_scope)
         scopes += [s.message_scope for s in steps if hasattr(s, "message_scope")]  # type: ignore[attr-defined]
         invoker_options: dict[str, Any] = {
             "handler_timeout_s": handler_timeout_s,
@@ -127,6 +137,7 @@ class ReliabilityLayer:
             CorrelationStep(service_name, operation),
             MetricsStep(self.sensor),
             *([self.dedup_step] if self.dedup_step is not None else []),
+            *([self.transaction_step] if self.transaction_step is not None else []),
             error_handler,
             *self.user_steps,
         ]
@@ -200,8 +211,19 @@ class ReliabilityLayer:
 
         Recoveries run one at a time and each waits for its own outputs, so a
         record the broker refuses is retried alone and cannot drag the sends of
-        other messages into its failed batch again.
+        other messages into its failed batch again. In an exactly-once flow the
+        retry runs inside its partition's transaction.
         """
+        if self.transaction_step is not None:
+
+            async def inside(batch: Batch) -> None:
+                await self._recover(batch[0], error)
+
+            await self.transaction_step([message], inside)
+            return
+        await self._recover(message, error)
+
+    async def _recover(self, message: ConsumedMessage, error: BaseException) -> None:
         async with self._recovery_lock:
             message.outcome, message.error = Outcome.FAILED, error
             while True:

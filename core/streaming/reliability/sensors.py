@@ -95,6 +95,15 @@ class Sensor:
     def on_partitions_revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """The flow no longer owns ``partitions``."""
 
+    def on_retry_scheduled(self, message: ConsumedMessage, retry_topic: str) -> None:
+        """A failed message was moved to ``retry_topic`` (non-blocking retry)."""
+
+    def on_retry_held(self, partitions: int) -> None:
+        """Retry partitions now held until their head is due (a gauge)."""
+
+    def on_retry_released(self, tp: TopicPartition, late_s: float) -> None:
+        """A held retry partition's head came due; fetching resumed ``late_s`` after it."""
+
 
 class SensorDelegate(Sensor):
     """Fans every hook out to a list of sensors."""
@@ -170,6 +179,18 @@ class SensorDelegate(Sensor):
         for s in self.sensors:
             s.on_partitions_revoked(partitions)
 
+    def on_retry_scheduled(self, message: ConsumedMessage, retry_topic: str) -> None:
+        for s in self.sensors:
+            s.on_retry_scheduled(message, retry_topic)
+
+    def on_retry_held(self, partitions: int) -> None:
+        for s in self.sensors:
+            s.on_retry_held(partitions)
+
+    def on_retry_released(self, tp: TopicPartition, late_s: float) -> None:
+        for s in self.sensors:
+            s.on_retry_released(tp, late_s)
+
 
 class CountingSensor(Sensor):
     """Plain counters of one flow, for health reports and in-process views."""
@@ -189,6 +210,8 @@ class CountingSensor(Sensor):
         self.claims_taken_over = 0
         self.waiting_on_claims = 0
         self.loop_restarts = 0
+        self.retries_scheduled = 0
+        self.retry_partitions_held = 0
 
     def on_consumed(self, topic: str, count: int) -> None:
         self.consumed += count
@@ -233,6 +256,12 @@ class CountingSensor(Sensor):
     def on_loop_restart(self) -> None:
         self.loop_restarts += 1
 
+    def on_retry_scheduled(self, message: ConsumedMessage, retry_topic: str) -> None:
+        self.retries_scheduled += 1
+
+    def on_retry_held(self, partitions: int) -> None:
+        self.retry_partitions_held = partitions
+
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""
         return {
@@ -250,4 +279,6 @@ class CountingSensor(Sensor):
             "claims_taken_over": self.claims_taken_over,
             "waiting_on_claims": self.waiting_on_claims,
             "loop_restarts": self.loop_restarts,
+            "retries_scheduled": self.retries_scheduled,
+            "retry_partitions_held": self.retry_partitions_held,
         }
