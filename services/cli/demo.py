@@ -38,8 +38,10 @@ from services.signal_validator.service import SignalValidatorService
 from services.strategy_runner.service import StrategyRunnerService
 from services.trading_engine.service import TradingEngineService
 
-DEMO_RETENTION_RECORDS = 5_000
+DEMO_RETENTION_RECORDS = 2_000
 """Records per partition the demo's embedded broker keeps, unless set explicitly."""
+DEMO_REMEMBERED_IDS = 5_000
+"""Recent ids the demo's services keep (no restarts to survive), unless set explicitly."""
 DEMO_DEDUP_TTL_S = 60
 """How long the demo's in-process dedup store remembers handled ids, unless set explicitly."""
 HOUSEKEEPING_S = 10.0
@@ -56,12 +58,19 @@ def demo_settings(settings: Settings) -> Settings:
     The services run without ops endpoints of their own: four in one process would
     all want the same port. :func:`pipeline_ops_server` serves the whole pipeline.
     On the embedded backends, memory stays bounded however long the demo runs:
-    the broker keeps :data:`DEMO_RETENTION_RECORDS` per partition and the dedup
-    store remembers ids for :data:`DEMO_DEDUP_TTL_S`, unless those settings are
-    given explicitly.
+    the broker keeps :data:`DEMO_RETENTION_RECORDS` per partition, the dedup
+    store remembers ids for :data:`DEMO_DEDUP_TTL_S`, the services keep
+    :data:`DEMO_REMEMBERED_IDS` recent ids, and the engine writes no ledger
+    snapshots (nothing outlives the process), unless those settings are given
+    explicitly.
     """
     trading = settings.trading
     update: dict[str, object] = {"market_always_open": True}
+    if settings.redpanda.is_embedded:  # nothing outlives the process: no snapshots, fewer ids
+        if "snapshot_every" not in trading.model_fields_set:
+            update["snapshot_every"] = 0
+        if "remembered_ids" not in trading.model_fields_set:
+            update["remembered_ids"] = DEMO_REMEMBERED_IDS
     if not trading.strategy_routes:
         ns = settings.broker_namespace
         update["strategy_routes"] = {"momentum": [ns, f"{ns}-shadow"]}

@@ -20,6 +20,7 @@ from rich.table import Table
 from core.config.settings import Settings
 from core.schemas.topics import TopicMap, TopicNames
 from core.streaming.errors import BrokerUnavailableError
+from core.streaming.topic_names import validate_topic_name
 from core.streaming.topic_reader import scan_topics
 from core.streaming.types import FetchedRecord
 from services.cli.common import WIDE_COLUMNS, console, fail, load_cli_settings
@@ -42,7 +43,14 @@ NamespaceOption = Annotated[
 
 
 def _namespaces(settings: Settings, given: Sequence[str] | None) -> list[str]:
-    return list(dict.fromkeys(given)) if given else routed_namespaces(settings)
+    if not given:
+        return routed_namespaces(settings)
+    for name in given:
+        try:
+            validate_topic_name(name)
+        except ValueError as exc:
+            raise fail(f"namespace {name!r}: {exc}", 2) from None
+    return list(dict.fromkeys(given))
 
 
 def _run(coro: Any, what: str) -> Any:

@@ -166,13 +166,14 @@ def topics_ensure(
 ) -> None:
     """Create every topic the services use (existing topics are left as they are)."""
     settings = load_cli_settings()
+    ledger = ledger_topic_specs(settings, routed_namespaces(settings), partitions)
     names = service_topics(settings)
+    names += [spec.name for spec in ledger if spec.name not in names]
 
     async def ensure() -> list[str]:
         manager = ConnectionManager(settings, use_redis=False)
         await manager.start()
         try:
-            ledger = ledger_topic_specs(settings, routed_namespaces(settings), partitions)
             created = await manager.admin.create_topics(ledger)
             return created + await manager.ensure_topics(names, partitions)
         finally:

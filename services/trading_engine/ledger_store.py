@@ -139,7 +139,7 @@ class LedgerRead:
 
     states: dict[str, LedgerState]
     ends: dict[TopicPartition, int]
-    records: int
+    records: int  # ledger records read (the other topics not counted)
     undecodable: int
     extra: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     snapshots: dict[str, str] = field(default_factory=dict)
@@ -198,11 +198,13 @@ async def read_ledger(
     }
     extra: dict[str, list[dict[str, Any]]] = {topic: [] for topic in tails}
     undecodable = 0
+    read = 0
 
     def on_batch(batch: Sequence[FetchedRecord]) -> None:
-        nonlocal undecodable
+        nonlocal undecodable, read
         for record in batch:
             envelope = decode_envelope(record)
+            read += record.topic in topics
             if envelope is None:
                 undecodable += 1
             elif record.topic in topics:
@@ -239,7 +241,7 @@ async def read_ledger(
     return LedgerRead(
         states,
         ends,
-        scan.records,
+        read,
         undecodable,
         extra,
         {ns: snap.taken_at for ns, snap in found.items()},

@@ -59,6 +59,11 @@ def test_demo_runs_every_stage_and_exits_zero() -> None:
         match = re.search(rf"{label}\s*│\s*([\d,]+)", out)
         assert match, f"{label} missing from summary:\n{out}"
         assert int(match.group(1).replace(",", "")) > 0, f"{label} saw no events:\n{out}"
+    for panel in ("latency (recent)", "positions (unrealized at the last tick)"):
+        assert panel in out, f"{panel} missing from summary:\n{out}"
+    assert re.search(r"tick -> signal\s*│\s*[\d.,]+ ms", out), out
+    assert "fault injection on: " in out and "garbage bytes" in out
+    assert re.search(r"memory: RSS \d+ MB", out), out
 
 
 def test_run_with_unreachable_kafka_fails_clearly() -> None:
@@ -92,16 +97,35 @@ def test_bad_settings_exit_two_naming_the_variable() -> None:
 
 
 @pytest.mark.kafka
-def test_topics_ensure_creates_then_reports_existing(
-    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+async def test_topics_ensure_creates_then_reports_existing(
+    kafka_bootstrap: str,
+    kafka_admin: KafkaAdmin,
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TRADESTREAM_REDPANDA__BOOTSTRAP_SERVERS", kafka_bootstrap)
     monkeypatch.setenv("TRADESTREAM_BROKER_NAMESPACE", unique_name)
-    first = runner.invoke(app, ["topics", "ensure", "--partitions", "2"], env={"COLUMNS": "200"})
+    env = {"COLUMNS": "200"}
+    first = await asyncio.to_thread(
+        runner.invoke, app, ["topics", "ensure", "--partitions", "2"], env=env
+    )
     assert first.exit_code == 0, first.output
     assert f"{unique_name}.signals.validated" in first.output and "created" in first.output
-    second = runner.invoke(app, ["topics", "ensure"], env={"COLUMNS": "200"})
+    assert f"{unique_name}.ledger.snapshots" in first.output
+    second = await asyncio.to_thread(runner.invoke, app, ["topics", "ensure"], env=env)
     assert second.exit_code == 0 and "created" not in second.output
+
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    configs: dict[str, dict[str, str]] = {}
+    for name in (f"{unique_name}.executions", f"{unique_name}.ledger.snapshots"):
+        [response] = await kafka_admin.client.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name)]
+        )
+        [resource] = response.resources
+        configs[name] = {entry[0]: entry[1] for entry in resource[4]}
+    assert configs[f"{unique_name}.executions"]["retention.ms"] == "-1"  # the ledger is kept
+    assert configs[f"{unique_name}.ledger.snapshots"]["cleanup.policy"] == "compact"
 
 
 @pytest.mark.kafka

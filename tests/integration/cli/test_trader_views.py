@@ -128,6 +128,8 @@ async def test_positions_orders_show_and_topic_tail_read_the_ledger() -> None:
         readable = await invoke(harness, "orders", "show", oids[2])
         assert readable.exit_code == 0
         assert "order.placed" in readable.output and "limit 2750.0" in readable.output
+        bad = await invoke(harness, "positions", "-n", "not a namespace")
+        assert bad.exit_code == 2 and "namespace 'not a namespace'" in bad.output
         missing = await invoke(harness, "orders", "show", "no-such-order")
         assert missing.exit_code == 1 and "no order no-such-order" in missing.output
 
@@ -165,6 +167,11 @@ async def test_dead_letter_list_json_and_wide_never_cut_a_value() -> None:
         assert "in[None]@None" in wide.output and "PermanentError" in wide.output
         missing = await invoke(harness, "dlq", "list", "nothing.dlq")
         assert missing.exit_code == 1 and "does not exist" in missing.output
+        unnamed = await invoke(harness, "dlq", "replay", "in.dead", "--all", "--yes")
+        assert unnamed.exit_code == 2
+        assert "name the target topic explicitly (--to)" in unnamed.output
+        nothing = await invoke(harness, "dlq", "replay", "in.dlq", "--yes")
+        assert nothing.exit_code == 2 and "select what to replay" in nothing.output
 
 
 def test_version() -> None:

@@ -204,7 +204,7 @@ async def test_engine_killed_three_times_under_load_keeps_books_and_outcomes(
     runner = build_service("strategy_runner", settings)
     feed = build_service("market_data", settings, tick_rate=TICK_RATE, seed=7)
     engine = await EngineProcess(env, tmp_path / "engine-0.log").start()
-    engine_records = (await engine.wait_for("book restored", 2))[0]["ledger_records"]
+    engine_records = (await engine.wait_for("book restored", 2))[0]["ledger_size"]
     for service in (validator, runner, feed):
         await service.start()
     figures: list[dict[str, Any]] = []
@@ -216,7 +216,7 @@ async def test_engine_killed_three_times_under_load_keeps_books_and_outcomes(
             engine = await EngineProcess(env, tmp_path / f"engine-{round_}.log").start()
             restored = await engine.wait_for("book restored", 2)
             restart_s = time.monotonic() - engine.started
-            engine_records = restored[0]["ledger_records"]
+            engine_records = restored[0]["ledger_size"]
             records = await read_topics(config, ledger)
             for line in restored:
                 ends = line["ends"]
@@ -235,7 +235,8 @@ async def test_engine_killed_three_times_under_load_keeps_books_and_outcomes(
                     "round": round_,
                     "restart_s": round(restart_s, 2),
                     "restore_s": restored[0]["seconds"],
-                    "ledger_records": restored[0]["ledger_records"],
+                    "ledger_size": restored[0]["ledger_size"],
+                    "ledger_records_read": restored[0]["ledger_records_read"],
                     "sequence": {line["namespace"]: line["sequence"] for line in restored},
                     "from_snapshot": all(line["snapshot"] for line in restored),
                     "restored_at": datetime.fromisoformat(restored[0]["timestamp"]).timestamp(),
