@@ -144,8 +144,10 @@ class TradingEngineService(EngineState):
         self.orchestrator: ServiceOrchestrator = (
             StreamServiceBuilder(SERVICE_NAME, config, settings)
             .with_redis(redis_client)
-            # Verdicts / orders and executions commit with the input offsets, in one transaction.
-            .with_reliability_defaults(processing_guarantee="exactly_once")
+            # At-least-once: a fill from a tick can depend on a placement made by the
+            # signal flow, and exactly-once commits each input partition on its own; a
+            # placement aborted by a crash could leave its fill committed. The ledger
+            # (client order ids, fills once per order) absorbs redelivery instead.
             .add_producer(topics=self._produced_topics())
             .add_consumer_handler(
                 [self.topics.signals_validated()],
@@ -197,6 +199,13 @@ class TradingEngineService(EngineState):
         await self.trader_factory.initialize()
         try:
             if self.settings.trading.restore_on_start:
+                # A commit of a killed instance that lands after the ledger is read
+                # would be missing from the books: finish those commits first.
+                await restoring(
+                    "finishing an earlier instance's transactions",
+                    self.settings,
+                    self.orchestrator.fence_previous_owners,
+                )
                 await restoring("rebuilding the books from the ledger", self.settings, self.restore)
                 await self._expire_resting()
                 if self._folded_since_snapshot >= self.settings.trading.snapshot_every > 0:
@@ -314,7 +323,15 @@ class TradingEngineService(EngineState):
         if self._outbox:
             await self._outbox.flush()
         every = self.settings.trading.snapshot_every
-        if every and not self._outbox and self._outbox.sent - self._sent_at_snapshot >= every:
+        if (
+            every
+            and not self._outbox
+            and self._outbox.sent - self._sent_at_snapshot >= every
+            # Under exactly-once a snapshot must not describe another partition's
+            # uncommitted fills (an abort would leave them in the snapshot only);
+            # it rides in this handler's transaction, so its own records are fine.
+            and not self.orchestrator.uncommitted_elsewhere()
+        ):
             await self._snapshot()
 
     async def _snapshot(self) -> None:

@@ -7,10 +7,12 @@ shows what was written and aborted on the way.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from core.streaming.embedded.partitioner import partition_for_key
 from core.streaming.errors import PermanentError, RetryableError
 from core.streaming.infrastructure.offset_tracker import CommitPolicy
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
@@ -47,14 +49,17 @@ async def test_outputs_and_offsets_commit_together(backend: Backend) -> None:
         await orchestrator.producer.enqueue(out, event["data"]["key"], {"src": event["id"]})
 
     orchestrator = service(
-        backend.settings, copy, topics=[source], group=group, dedup=False, producer=True,
+        backend.settings,
+        copy,
+        topics=[source],
+        group=group,
+        dedup=False,
+        producer=True,
         processing_guarantee="exactly_once",
     )
     harness = backend.harness
     async with harness.running(orchestrator):
-        sent = [
-            await harness.publish(source, {"key": f"k{i}"}, key=f"k{i}") for i in range(60)
-        ]
+        sent = [await harness.publish(source, {"key": f"k{i}"}, key=f"k{i}") for i in range(60)]
         await harness.wait_idle(timeout_s=60)
         flow = orchestrator.flows[0]
         assert flow.consumer.options.isolation_level == "read_committed"
@@ -83,8 +88,14 @@ async def test_a_failed_attempt_that_sent_commits_its_output_once(backend: Backe
             raise RetryableError("downstream hiccup after the sends")
 
     orchestrator = service(
-        backend.settings, handle, topics=[source], group=backend.topic("g"), dedup=False,
-        producer=True, processing_guarantee="exactly_once", retry_attempts=5,
+        backend.settings,
+        handle,
+        topics=[source],
+        group=backend.topic("g"),
+        dedup=False,
+        producer=True,
+        processing_guarantee="exactly_once",
+        retry_attempts=5,
         retry_backoff_initial_ms=1,
     )
     harness = backend.harness
@@ -110,8 +121,13 @@ async def test_dead_letters_are_part_of_the_transaction(backend: Backend) -> Non
         await orchestrator.producer.enqueue(out, None, {"src": event["id"]})
 
     orchestrator = service(
-        backend.settings, handle, topics=[source], group=backend.topic("g"), dedup=False,
-        producer=True, processing_guarantee="exactly_once",
+        backend.settings,
+        handle,
+        topics=[source],
+        group=backend.topic("g"),
+        dedup=False,
+        producer=True,
+        processing_guarantee="exactly_once",
         commit_policy=CommitPolicy(every=1_000_000, interval_ms=25_000),
     )
     harness = backend.harness
@@ -135,8 +151,12 @@ async def test_exactly_once_refuses_what_it_cannot_keep(backend: Backend) -> Non
 
     with pytest.raises(ValueError, match="ordering='partition'"):
         service(
-            backend.settings, handle, processing_guarantee="exactly_once", ordering="key",
-            concurrency=4, dedup=False,
+            backend.settings,
+            handle,
+            processing_guarantee="exactly_once",
+            ordering="key",
+            concurrency=4,
+            dedup=False,
         )
     builder = StreamServiceBuilder("svc", backend.settings.redpanda, backend.settings)
 
@@ -166,8 +186,14 @@ async def test_a_refused_output_fails_only_its_input_and_the_rest_commit_once(
         await orchestrator.producer.enqueue(out, str(n), {"n": n, "pad": padding})
 
     orchestrator = service(
-        backend.settings, handle, topics=[source], group=backend.topic("g"), dedup=False,
-        producer=True, processing_guarantee="exactly_once", retry_attempts=3,
+        backend.settings,
+        handle,
+        topics=[source],
+        group=backend.topic("g"),
+        dedup=False,
+        producer=True,
+        processing_guarantee="exactly_once",
+        retry_attempts=3,
         retry_backoff_initial_ms=1,
     )
     harness = backend.harness
@@ -180,3 +206,55 @@ async def test_a_refused_output_fails_only_its_input_and_the_rest_commit_once(
     assert outputs == [1, 3, 4]
     assert len(dead) == 1 and b'"n":2' in (dead[0].value or b"")
     assert attempts[2] == 3
+
+
+async def test_a_handler_sees_how_much_other_partitions_have_not_committed(
+    backend: Backend,
+) -> None:
+    """``uncommitted_elsewhere`` counts other partitions' open records, never its own.
+
+    The trading engine writes a snapshot of state shared by all partitions only
+    when it is zero, so that an aborted transaction cannot leave its effects in a
+    committed snapshot.
+    """
+    source = await backend.create_topic("in", partitions=2)
+    out = await backend.create_topic("out")
+    keys = {partition_for_key(f"k{i}".encode(), 2): f"k{i}" for i in range(10)}
+    release = asyncio.Event()
+    seen: dict[str, int] = {}
+    orchestrator: ServiceOrchestrator
+
+    async def handle(event: dict[str, Any]) -> None:
+        step = event["data"]["step"]
+        await orchestrator.producer.enqueue(out, step, {"step": step})
+        seen[step] = orchestrator.uncommitted_elsewhere()
+        if step == "hold":
+            await release.wait()
+
+    orchestrator = service(
+        backend.settings,
+        handle,
+        topics=[source],
+        dedup=False,
+        producer=True,
+        processing_guarantee="exactly_once",
+        group=backend.topic("g"),
+    )
+    harness = backend.harness
+    async with harness.running(orchestrator):
+        await harness.publish(source, {"step": "hold"}, key=keys[0])
+        await eventually(lambda: "hold" in seen, 30, "the held handler")
+        await harness.publish(source, {"step": "while-held"}, key=keys[1])
+        await eventually(lambda: "while-held" in seen, 30, "the other partition's handler")
+        release.set()
+        await harness.wait_idle(timeout_s=60)
+        await harness.publish(source, {"step": "after"}, key=keys[1])
+        await harness.wait_idle(timeout_s=60)
+    assert seen["hold"] == 0  # its own output is not counted
+    assert seen["while-held"] == 1  # the held handler's output, not yet committed
+    assert seen["after"] == 0
+    assert sorted(e["data"]["step"] for e in await harness.read(out)) == [
+        "after",
+        "hold",
+        "while-held",
+    ]

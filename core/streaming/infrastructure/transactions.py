@@ -25,7 +25,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from core.config.settings import RedpandaSettings
-from core.streaming.clients import TransactionalProducerClient, create_transactional_producer
+from core.streaming.clients import (
+    TransactionalProducerClient,
+    create_admin,
+    create_producer,
+    create_transactional_producer,
+)
 from core.streaming.infrastructure.closing import bounded_close
 from core.streaming.infrastructure.partition_transaction import PartitionTransaction
 from core.streaming.types import TopicPartition
@@ -138,6 +143,10 @@ class PartitionTransactions:
         """Partitions with a transactional producer."""
         return set(self._partitions)
 
+    def awaiting_commit(self, besides: PartitionTransaction | None = None) -> int:
+        """Records sent into open transactions (other than ``besides``) and not yet committed."""
+        return sum(p.kept for p in self._partitions.values() if p is not besides)
+
     async def open(self, partitions: Iterable[TopicPartition]) -> None:
         """Start the producers of newly owned partitions, fencing their previous owners.
 
@@ -175,6 +184,47 @@ class PartitionTransactions:
             len(new),
             (time.monotonic() - started) * 1000,
         )
+
+    async def fence(self, topics: Iterable[str]) -> int:
+        """Finish what earlier owners of ``topics``' partitions left in flight.
+
+        Starts (and stops) this group's transactional producer of every
+        partition: a transaction a killed instance left open is aborted, one it
+        was committing completes. A service that rebuilds state from its own
+        outputs calls this before reading them, so that what it reads is final;
+        a commit landing after the read would otherwise be missing from the
+        rebuilt state while its inputs count as handled. Returns the number of
+        partitions fenced.
+        """
+        admin = create_admin(self.config)
+        await admin.start()
+        try:
+            present = await admin.list_topics()
+        finally:
+            await bounded_close(admin.close(), self.close_timeout_s, "topic listing")
+        wanted = [topic for topic in dict.fromkeys(topics) if topic in present]
+        if not wanted:
+            return 0  # no input yet, so no earlier owner
+        probe = create_producer(self.config)
+        await probe.start()
+        try:
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in wanted
+                for p in sorted(await probe.partitions_for(topic))
+            ]
+        finally:
+            await bounded_close(probe.stop(), self.close_timeout_s, "partition probe")
+
+        async def fence_one(tp: TopicPartition) -> None:
+            producer = self._producer_for(tp)
+            try:
+                await producer.start()
+            finally:
+                await bounded_close(producer.stop(), self.close_timeout_s, f"fence of {tp}")
+
+        await asyncio.gather(*(fence_one(tp) for tp in partitions))
+        return len(partitions)
 
     def _producer_for(self, tp: TopicPartition) -> TransactionalProducerClient:
         return self._factory(

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from core.streaming.infrastructure.connection_manager import ConnectionManager
 from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.infrastructure.message_producer import MessageProducer
+from core.streaming.infrastructure.transactions import current_transaction
 from core.streaming.orchestration.consumer_flow import ConsumerFlow, FlowOptions
 from core.streaming.orchestration.flow_supervisor import FlowSupervisor
 from core.streaming.orchestration.lifecycle_coordinator import LifecycleCoordinator, Stage
@@ -116,6 +117,34 @@ class ServiceOrchestrator:
         if not self.producers:
             raise RuntimeError(f"service {self.service_name} has no producer (add_producer())")
         return self.producers[0]
+
+    async def fence_previous_owners(self) -> int:
+        """Finish the transactions earlier instances of this service left in flight.
+
+        For services that rebuild state from their own outputs before
+        :meth:`start`: afterwards every output an earlier instance's transaction
+        holds is either committed or aborted, so a ``read_committed`` read sees
+        all of them or none. Returns the partitions fenced (0 without
+        exactly-once flows). Needs the connection settings only; call it
+        before :meth:`start`.
+        """
+        fenced = 0
+        for flow in self.flows:
+            if flow.transactions is not None:
+                fenced += await flow.transactions.fence(flow.consumer.topics)
+        return fenced
+
+    def uncommitted_elsewhere(self) -> int:
+        """Records in open transactions of this service, besides the current handler's.
+
+        Zero means every output of the other partitions' handlers is committed:
+        state built from them matches what a restarted instance would read back.
+        Always zero without exactly-once flows.
+        """
+        own = current_transaction()
+        return sum(
+            f.transactions.awaiting_commit(own) for f in self.flows if f.transactions is not None
+        )
 
     @property
     def ops_server(self) -> OpsServer | None:

@@ -352,7 +352,9 @@ async def wait_for_outcomes(
         if not missing:
             break
         if time.monotonic() > deadline:
-            raise AssertionError(f"{len(missing)} validated signal(s) without an outcome")
+            raise AssertionError(
+                f"{len(missing)} validated signal(s) without an outcome: {missing[:5]}"
+            )
         await asyncio.sleep(1.0)
     assert validated, "no signal was validated"
     for signal_id, signal in validated.items():

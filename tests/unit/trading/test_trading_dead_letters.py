@@ -32,10 +32,10 @@ async def test_a_foreign_object_is_dead_lettered_never_dropped(service: str, top
                 topic, b'{"id": "e", "type": "other", "source": "s", "data": {}}'
             )
             await harness.wait_idle()
-        dead = {d.value: d.headers["dlq.exception.message"] for d in harness.dead_letters(topic)}
+        dead = {d.value: d.header("dlq.exception.message") for d in harness.dead_letters(topic)}
         assert set(dead) == {FOREIGN, OTHER_TYPE}
         assert dead[FOREIGN].startswith(
             f"not an event envelope on {topic} (missing or empty type, source"
         )
         assert dead[OTHER_TYPE].startswith(f"unexpected event type 'other' on {topic}")
-        assert {d.headers["dlq.service"] for d in harness.dead_letters(topic)} == {service}
+        assert {d.header("dlq.service") for d in harness.dead_letters(topic)} == {service}
