@@ -35,168 +35,51 @@ message is dropped.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from enum import StrEnum
 from typing import Any, Literal
 
 from core.streaming.clients import REDIS_ERRORS, TRANSIENT_CLIENT_ERRORS, Redis
-from core.streaming.errors import RetryableError
+from core.streaming.reliability.dedup_scripts import (
+    _CLAIM_SCRIPT,
+    _DONE_SCRIPT,
+    _HELD_SCRIPT,
+    _PEEK_CLAIM_SCRIPT,
+    _SCRIPT_IDS,
+    CLAIM_PREFIX,
+    DEFAULT_GROUP,
+    DONE,
+    KEY_PREFIX,
+    MAX_ID_LENGTH,
+    WARN_INTERVAL_S,
+    ClaimResult,
+    DedupUnavailableError,
+    key_id,
+)
 from core.streaming.reliability.sensors import Sensor
+
+__all__ = [
+    "CLAIM_PREFIX",
+    "DEFAULT_GROUP",
+    "DONE",
+    "KEY_PREFIX",
+    "MAX_ID_LENGTH",
+    "ClaimResult",
+    "DedupUnavailableError",
+    "DeduplicationManager",
+    "FailurePolicy",
+    "key_id",
+]
 
 logger = logging.getLogger(__name__)
 
 FailurePolicy = Literal["fail_open", "fail_closed"]
 
-DONE = "done"
-CLAIM_PREFIX = "p|"
-KEY_PREFIX = "dedup"
-DEFAULT_GROUP = "default"
-#: Ids longer than this are hashed in keys.
-MAX_ID_LENGTH = 200
-#: Seconds between two "Redis unreachable" warnings of one manager.
-WARN_INTERVAL_S = 10.0
-
 _STORE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_CLIENT_ERRORS, *REDIS_ERRORS)
-_SCRIPT_IDS = 1000
-
-_NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)"
-
-# KEYS: claims hash, done set of this bucket, of the previous one. ARGV: 1 claim ms,
-# 2 token base "p|member|tp|gen|", 3 first token number, 4 member, 5 topic:partition,
-# 6 generation, 7 the ids, newline-separated (one argument: far cheaper for the client
-# to send than one per id). One flag per id: C claimed, T taken over from an older
-# generation's owner of this partition, D done, H held by this member, P held elsewhere.
-_CLAIM_SCRIPT = (
-    _NOW_MS
-    + """
-local ids = {}
-for id in string.gmatch(ARGV[7], '[^\\n]+') do ids[#ids + 1] = id end
-local done1 = redis.call('SMISMEMBER', KEYS[2], unpack(ids))
-local done2 = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
-local held = redis.call('HMGET', KEYS[1], unpack(ids))
-local base, first, member, tp = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local gen = tonumber(ARGV[6])
-local prefix = (now + tonumber(ARGV[1])) .. '|' .. base
-local flags, fields = {}, {}
-for i = 1, #ids do
-  local flag = 'C'
-  if done1[i] == 1 or done2[i] == 1 then
-    flag = 'D'
-  elseif held[i] then
-    local until_ms, m, ctp, cgen = string.match(held[i], '^(%d+)|p|([^|]*)|([^|]*)|([^|]*)|')
-    if until_ms and tonumber(until_ms) > now then
-      if m == member then
-        flag = 'H'
-      elseif ctp == tp and gen >= 0 and (tonumber(cgen) or 0) < gen then
-        flag = 'T'
-      else
-        flag = 'P'
-      end
-    end
-  end
-  if flag == 'C' or flag == 'T' then
-    fields[#fields + 1] = ids[i]
-    fields[#fields + 1] = prefix .. (first + i - 1)
-  end
-  flags[i] = flag
-end
-if #fields > 0 then
-  redis.call('HSET', KEYS[1], unpack(fields))
-  redis.call('PEXPIRE', KEYS[1], 4 * tonumber(ARGV[1]))
-end
-return table.concat(flags)
-"""
-)
-
-# KEYS[1]: claims hash. ARGV: 1 claim ms (0: release), 2 lines "id<TAB>token". Renews (or
-# deletes) each claim still holding its token; one 1/0 flag per line.
-_HELD_SCRIPT = (
-    _NOW_MS
-    + """
-local flags = {}
-local ms = tonumber(ARGV[1])
-for id, token in string.gmatch(ARGV[2], '([^\\t\\n]+)\\t([^\\n]+)') do
-  local cur = redis.call('HGET', KEYS[1], id)
-  if cur and string.match(cur, '^%d+|(.*)$') == token then
-    if ms == 0 then
-      redis.call('HDEL', KEYS[1], id)
-    else
-      redis.call('HSET', KEYS[1], id, (now + ms) .. '|' .. token)
-    end
-    flags[#flags + 1] = '1'
-  else
-    flags[#flags + 1] = '0'
-  end
-end
-if ms > 0 then
-  redis.call('PEXPIRE', KEYS[1], 4 * ms)
-end
-return table.concat(flags)
-"""
-)
-
-# KEYS: claims hash, done set of this bucket. ARGV: 1 how long the set is kept (ms),
-# 2 the ids, newline-separated. Marks them done and drops their claims.
-_DONE_SCRIPT = """
-local ids = {}
-for id in string.gmatch(ARGV[2], '[^\\n]+') do ids[#ids + 1] = id end
-redis.call('SADD', KEYS[2], unpack(ids))
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[1], unpack(ids))
-return #ids
-"""
-
-# KEYS[1]: claims hash. ARGV[1]: one id. Returns {the claim or false, ms left}.
-_PEEK_CLAIM_SCRIPT = (
-    _NOW_MS
-    + """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if not cur then return {false, 0} end
-local until_ms, token = string.match(cur, '^(%d+)|(.*)$')
-return {token, tonumber(until_ms) - now}
-"""
-)
-
-
-class ClaimResult(StrEnum):
-    """What a claim found, and so what the caller does with the message."""
-
-    CLAIMED = "claimed"
-    """We own the id now: run the handler, then mark it done or release it."""
-    DUPLICATE = "duplicate"
-    """Already handled: skip the message (it is final, commit it)."""
-    IN_PROGRESS = "in_progress"
-    """Another member holds an unexpired claim: do not run it now; retry later."""
-    HELD_HERE = "held_here"
-    """Another copy in this member holds the claim: wait for it to finish."""
-    BYPASSED = "bypassed"
-    """Redis is unreachable and the policy is ``fail_open``: run without dedup."""
-
-
-_FLAGS = {
-    "C": ClaimResult.CLAIMED,
-    "T": ClaimResult.CLAIMED,
-    "D": ClaimResult.DUPLICATE,
-    "H": ClaimResult.HELD_HERE,
-    "P": ClaimResult.IN_PROGRESS,
-}
-
-
-class DedupUnavailableError(RetryableError):
-    """Redis is unreachable (or erroring) and the policy is ``fail_closed``."""
-
-
-def key_id(event_id: str) -> str:
-    """The form of ``event_id`` used in keys: itself, or its hash when long or odd."""
-    if len(event_id) > MAX_ID_LENGTH or "\n" in event_id or "\t" in event_id:
-        return "sha256:" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
-    return event_id
 
 
 class DeduplicationManager:
