@@ -155,6 +155,8 @@ class EngineProcess:
             await asyncio.sleep(0.1)
 
     async def kill(self) -> None:
+        if self.process.returncode is not None:
+            return
         self.process.send_signal(signal.SIGKILL)
         await self.process.wait()
         self._handle.close()
@@ -246,6 +248,9 @@ async def test_engine_killed_three_times_under_load_keeps_books_and_outcomes(
         await asyncio.sleep(LIFETIME_S)
         await feed.stop()
         outcome = await wait_for_outcomes(config, ns, namespaces, timeout_s=120)
+    except BaseException:
+        await engine.kill()  # a failed run leaves no engine process behind
+        raise
     finally:
         for service in (feed, runner, validator):
             await service.stop()
