@@ -272,6 +272,7 @@ class FlowAssembler:
             handler_timeout_s=spec.overrides.handler_timeout_s or flow_rel.handler_timeout_s,
             batch_handler=spec.batch_handler,
             sensors=sensors,
+            ordered=flow_rel.ordering != "unordered",
             transactions=PartitionTransactions(
                 self.config,
                 group_id,

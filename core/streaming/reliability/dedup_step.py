@@ -65,8 +65,12 @@ class DedupStep:
         sensor: Sensor | None = None,
         dedup_key: DedupKey | None = None,
         generation_of: Generation | None = None,
+        ordered: bool = True,
     ) -> None:
         self.dedup = dedup
+        #: The flow runs a partition's (or a key's) messages one after another in
+        #: offset order, so a later copy of an event cannot run before an earlier one.
+        self.ordered = ordered
         self.sensor = sensor or dedup.sensor
         self.dedup_key = dedup_key
         self.generation_of = generation_of or (lambda tp: -1)
@@ -218,6 +222,13 @@ class DedupStep:
                             # Our own copy handled it; its done mark is on its way.
                             message.claim = ClaimResult.DUPLICATE
                             break
+                        if holder is not None and self._queued_behind(holder, message):
+                            # The holder can only run after this copy: take its claim.
+                            held = self._unhold(holder)
+                            if held is not None:
+                                holder.claim, holder.claim_token = ClaimResult.HELD_HERE, None
+                                message.claim, message.claim_token = ClaimResult.CLAIMED, held[1]
+                                break
                         if holder is not None:
                             raise _StillHeld  # the copy holding it has not finished yet
                     elif message.claim is ClaimResult.IN_PROGRESS and not foreign:
@@ -240,6 +251,18 @@ class DedupStep:
             self._hold(message, event_id, message.claim_token)
         if message.claim is ClaimResult.DUPLICATE:
             message.outcome = Outcome.DUPLICATE
+
+    def _queued_behind(self, holder: ConsumedMessage, message: ConsumedMessage) -> bool:
+        """True when ``holder`` has not started and waits behind ``message`` in its lane."""
+        return (
+            self.ordered
+            and holder.outcome is None
+            and holder.attempts == 0
+            and holder.record.topic == message.record.topic
+            and holder.record.partition == message.record.partition
+            and holder.record.offset > message.record.offset
+            and holder.record.key == message.record.key
+        )
 
     def _set_waiting(self, delta: int, message: ConsumedMessage) -> None:
         self.waiting += delta

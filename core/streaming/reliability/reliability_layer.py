@@ -82,6 +82,7 @@ class ReliabilityLayer:
         batch_handler: BatchHandler | None = None,
         sensors: Sequence[Sensor] = (),
         transactions: PartitionTransactions | None = None,
+        ordered: bool = True,
     ) -> None:
         self.service_name = service_name
         self.handler_func = handler_func
@@ -108,6 +109,7 @@ class ReliabilityLayer:
                 sensor=self.sensor,
                 dedup_key=dedup_key,
                 generation_of=consumer.group_generation_of,
+                ordered=ordered,
             )
         self._stopping = False
         #: Exactly-once: a transaction per input partition (None: at-least-once).

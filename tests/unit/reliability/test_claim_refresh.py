@@ -86,3 +86,57 @@ async def test_release_gives_back_only_our_own_token() -> None:
     assert (await step.dedup.state("e3"))[0] is not None
     await step.release([first])
     assert await step.dedup.state("e3") == (None, 0)
+
+
+async def test_an_earlier_copy_takes_the_claim_from_a_later_copy_queued_behind_it() -> None:
+    """Two copies of one event on one partition whose claims finished out of order.
+
+    The later copy's claim was made first (two fetches' claims run concurrently),
+    so the earlier copy is told "held here". In an ordered flow the later copy is
+    queued behind the earlier one and can only run after it: waiting for it would
+    wait for ever (the claim is renewed, so it never expires). The earlier copy
+    takes the claim over and runs; the later one is then the duplicate.
+    """
+    step = DedupStep(DeduplicationManager(fakeredis.FakeAsyncRedis(), "svc", consumer_group="g"))
+    first, second = _message("e3", offset=0), _message("e3", offset=1)
+    await _claimed(step, second)  # the later copy's claim lands first
+    await _claimed(step, first)
+    assert first.claim is ClaimResult.HELD_HERE and second.claim is ClaimResult.CLAIMED
+    runs: list[int] = []
+
+    async def handle(batch: Batch) -> None:
+        for message in batch:
+            if message.outcome is None:  # as the handler step does: skip what is decided
+                runs.append(message.offset)
+                message.outcome = Outcome.HANDLED
+
+    await asyncio.wait_for(step([first], handle), 5)
+    await asyncio.wait_for(step([second], handle), 5)
+    assert runs == [0]
+    assert second.outcome is Outcome.DUPLICATE
+    assert step.holders["e3"] is first
+
+
+async def test_an_unordered_flow_waits_for_the_copy_that_holds_the_claim() -> None:
+    """Without ordering the holder may already be on its way in another lane: no takeover."""
+    step = DedupStep(
+        DeduplicationManager(fakeredis.FakeAsyncRedis(), "svc", consumer_group="g"),
+        ordered=False,
+    )
+    first, second = _message("e4", offset=0), _message("e4", offset=1)
+    await _claimed(step, second)
+    await _claimed(step, first)
+    runs: list[int] = []
+
+    async def handle(batch: Batch) -> None:
+        for message in batch:
+            if message.outcome is None:  # as the handler step does: skip what is decided
+                runs.append(message.offset)
+                message.outcome = Outcome.HANDLED
+
+    waiting = asyncio.create_task(step([first], handle))
+    await asyncio.sleep(0.3)
+    assert not waiting.done() and runs == []
+    await step([second], handle)
+    await asyncio.wait_for(waiting, 5)
+    assert runs == [1] and first.outcome is Outcome.DUPLICATE
