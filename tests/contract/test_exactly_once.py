@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 
+from core.streaming.clients import create_transactional_producer
 from core.streaming.embedded.partitioner import partition_for_key
-from core.streaming.errors import PermanentError, RetryableError
+from core.streaming.errors import PermanentError, ProducerFencedError, RetryableError
 from core.streaming.infrastructure.offset_tracker import CommitPolicy
+from core.streaming.infrastructure.transactions import PartitionTransactions, transactional_id_for
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
+from core.streaming.topic_reader import read_topic
 from core.streaming.types import TopicPartition
 from tests.contract.conftest import Backend
 from tests.contract.helpers import eventually, service
@@ -258,3 +261,32 @@ async def test_a_handler_sees_how_much_other_partitions_have_not_committed(
         "hold",
         "while-held",
     ]
+
+
+async def test_fencing_finishes_what_a_dead_owner_left_open(backend: Backend) -> None:
+    """``fence`` aborts a transaction an earlier owner of a partition left open.
+
+    A service that reads its own outputs back before consuming (the trading
+    engine's ledger) calls it first; without it a ``read_committed`` read waits
+    at the open transaction, and a commit landing after the read is missed.
+    """
+    source = await backend.create_topic("in", partitions=2)
+    out = await backend.create_topic("out")
+    group = backend.topic("g")
+    config = backend.settings.redpanda
+    zombie = create_transactional_producer(
+        config, transactional_id_for(group, TopicPartition(source, 1))
+    )
+    await zombie.start()
+    try:
+        await zombie.begin_transaction()
+        await (await zombie.send(out, b"left open"))
+        fenced = await PartitionTransactions(config, group).fence([source, backend.topic("none")])
+        assert fenced == 2  # both partitions of the input; a missing topic has no owner
+        with pytest.raises(ProducerFencedError):
+            await zombie.commit_transaction()
+    finally:
+        await zombie.stop()
+    assert await read_topic(config, out, timeout_s=20) == []
+    aborted = await read_topic(config, out, timeout_s=20, isolation_level="read_uncommitted")
+    assert [r.value for r in aborted] == [b"left open"]
