@@ -79,7 +79,7 @@ MUTANTS = [
     ),
     Mutant(
         "secrets: the Redis address keeps its credentials",
-        "core/config/settings.py",
+        "core/config/redis_settings.py",
         '        rest = rest.rsplit("@", 1)[-1]',
         "        rest = rest",
     ),
