@@ -65,9 +65,10 @@ def _queued_here(item: Outgoing) -> bool:
     context = item.context
     if context is None:
         return True
-    return context.run(current_transaction) is current_transaction() and context.run(
-        current_message
-    ) is current_message()
+    return (
+        context.run(current_transaction) is current_transaction()
+        and context.run(current_message) is current_message()
+    )
 
 
 AckCallback = Callable[[RecordMetadata], None]

@@ -46,6 +46,9 @@ DEFAULT_STARTING_CASH = 10_000_000.0
 DEFAULT_MAX_REMEMBERED_ORDERS = 20_000
 DEFAULT_MAX_RESTING_ORDERS = 1_000
 
+#: Whether a resting order (by client order id) may be filled or expired now.
+Eligible = Callable[[str], bool]
+
 
 def check_trader_parameters(
     slippage_bps: float, starting_cash: float, max_price_age_s: float
@@ -146,8 +149,13 @@ class PaperTrader:
             return OrderResult(order, self._namespace, finished, duplicate=True)
         return self._decide(order, last_price, price_time)
 
-    def on_tick(self, instrument_token: int, price: float) -> list[OrderResult]:
-        """Fill the resting orders on ``instrument_token`` that ``price`` crosses, oldest first."""
+    def on_tick(
+        self, instrument_token: int, price: float, eligible: Eligible | None = None
+    ) -> list[OrderResult]:
+        """Fill the resting orders on ``instrument_token`` that ``price`` crosses, oldest first.
+
+        ``eligible(client_order_id)`` False keeps an order resting for now.
+        """
         if not math.isfinite(price) or price < 0:
             raise ValueError(f"price must be finite and >= 0, got {price}")
         fills: list[OrderResult] = []
@@ -155,14 +163,21 @@ class PaperTrader:
         if not waiting:
             return fills
         for oid, resting in list(waiting.items()):
+            if eligible is not None and not eligible(oid):
+                continue
             fill_price = self._fill_price(resting.request, price)
             if fill_price is not None:
                 self._unrest(oid)
                 fills.append(self._fill(resting.request, fill_price, resting.placed_at))
         return fills
 
-    def expire(self, now: datetime | None = None) -> list[OrderResult]:
-        """Cancel the resting orders older than ``resting_order_ttl_s``, oldest first."""
+    def expire(
+        self, now: datetime | None = None, eligible: Eligible | None = None
+    ) -> list[OrderResult]:
+        """Cancel the resting orders older than ``resting_order_ttl_s``, oldest first.
+
+        ``eligible(client_order_id)`` False keeps an order resting for now.
+        """
         if self._ttl_s is None or not self._resting:
             return []
         when = now or self._clock()
@@ -171,6 +186,8 @@ class PaperTrader:
             age = (when - resting.placed_at).total_seconds()
             if age <= self._ttl_s:
                 break  # placement order: the rest are younger
+            if eligible is not None and not eligible(oid):
+                continue
             expired.append(self.cancel(oid, f"expired: resting for more than {self._ttl_s:g} s"))
         return expired
 

@@ -46,6 +46,7 @@ from core.config.settings import RedpandaSettings, Settings
 from core.schemas.events import (
     EventType,
     MarketTick,
+    OrderStatus,
     TradingSignal,
     utc_now,
 )
@@ -64,6 +65,7 @@ from services.trading_engine.metrics import EngineMetrics
 from services.trading_engine.order_events import EngineStats, OrderEvents
 from services.trading_engine.orders import OrderRequest
 from services.trading_engine.outbox import Outbox, Publisher
+from services.trading_engine.placements import PendingPlacements
 from services.trading_engine.restore import Quote
 from services.trading_engine.trader_factory import Trader, TraderFactory
 
@@ -144,10 +146,10 @@ class TradingEngineService(EngineState):
         self.orchestrator: ServiceOrchestrator = (
             StreamServiceBuilder(SERVICE_NAME, config, settings)
             .with_redis(redis_client)
-            # At-least-once: a fill from a tick can depend on a placement made by the
-            # signal flow, and exactly-once commits each input partition on its own; a
-            # placement aborted by a crash could leave its fill committed. The ledger
-            # (client order ids, fills once per order) absorbs redelivery instead.
+            # Orders and executions commit with the input offsets, one transaction per
+            # input partition; a resting order is filled by a tick only once the
+            # signal that placed it is committed (PendingPlacements).
+            .with_reliability_defaults(processing_guarantee="exactly_once")
             .add_producer(topics=self._produced_topics())
             .add_consumer_handler(
                 [self.topics.signals_validated()],
@@ -162,6 +164,10 @@ class TradingEngineService(EngineState):
             .build()
         )
         self.orchestrator.add_metrics_registry(self.metrics.registry)
+        signals = self.orchestrator.flows[0]
+        self._placements = PendingPlacements(
+            signals.consumer.committed_offset if signals.transactions is not None else None
+        )
         self._outbox = Outbox(
             publisher if publisher is not None else self.orchestrator.producer, self.note_ack
         )
@@ -284,7 +290,7 @@ class TradingEngineService(EngineState):
             self.price_times[token] = at
             causation_id = CorrelationContext.get_causation_id()
             for trader in list(self._traders.values()):
-                for fill in trader.on_tick(token, tick.last_price):
+                for fill in trader.on_tick(token, tick.last_price, self._placements.is_committed):
                     self.events.record_fill(fill, causation_id)
             self.stats.ticks_handled += 1
         await self._expire_resting()
@@ -308,12 +314,17 @@ class TradingEngineService(EngineState):
         if result.duplicate:
             self.stats.duplicate_orders += 1
             return
+        if result.status is OrderStatus.PLACED:
+            self._placements.note(request.client_order_id)  # resting: filled by a later tick
         self.metrics.signal_to_order.observe((self._clock() - signal.timestamp).total_seconds())
         self.events.record_placement(result, CorrelationContext.get_correlation_id())
 
     async def _expire_resting(self) -> None:
         """Cancel resting orders past their lifetime, with an ``order.cancelled`` each."""
-        expired = [r for trader in self._traders.values() for r in trader.expire(self._clock())]
+        eligible = self._placements.is_committed
+        expired = [
+            r for trader in self._traders.values() for r in trader.expire(self._clock(), eligible)
+        ]
         for result in expired:
             self.events.record_cancel(result)
         await self._flush()

@@ -15,6 +15,7 @@ from services.trading_engine.paper_trader import (
     DEFAULT_MAX_REMEMBERED_ORDERS,
     DEFAULT_MAX_RESTING_ORDERS,
     DEFAULT_STARTING_CASH,
+    Eligible,
     PaperTrader,
     check_trader_parameters,
 )
@@ -36,9 +37,13 @@ class Trader(Protocol):
         self, order: OrderRequest, last_price: float | None, price_time: datetime | None
     ) -> OrderResult: ...
 
-    def on_tick(self, instrument_token: int, price: float) -> list[OrderResult]: ...
+    def on_tick(
+        self, instrument_token: int, price: float, eligible: Eligible | None = None
+    ) -> list[OrderResult]: ...
 
-    def expire(self, now: datetime | None = None) -> list[OrderResult]: ...
+    def expire(
+        self, now: datetime | None = None, eligible: Eligible | None = None
+    ) -> list[OrderResult]: ...
 
     def restore(self, state: LedgerState) -> None: ...
 
