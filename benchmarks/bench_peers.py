@@ -17,14 +17,19 @@ Variants:
 * ``faststream-ack`` -- FastStream 0.7 with ``AckPolicy.ACK`` (ack after processing);
 * ``ours``         -- a ``StreamServiceBuilder`` service: metrics, correlation,
   checkpointed commits, no dedup, per-message handler;
+* ``ours-gc-default`` -- ``ours`` with Python's default garbage-collector threshold;
 * ``ours-dedup``   -- the same with dedup on the real Redis;
 * ``ours-batch``   -- dedup on, with a batch handler (``add_batch_handler``).
 
-Our variants freeze the collector once the service has started, as ``tradestream
-run`` does. The clock starts at the first message a variant sees (group join and start-up are
-not timed) and stops at the last one handled; a final commit follows, untimed.
-For the dedup variants the Redis server's time in commands (``INFO
-commandstats``, every command but ``INFO``) is reported per message too.
+Our variants set up the garbage collector once the service has started as
+``tradestream run`` does (``serving_gc``: freeze, generation-0 threshold 10,000),
+except ``ours-gc-default``. The clock starts at the first message a variant sees
+(group join and start-up are not timed) and stops at the last one handled; a final
+commit follows, untimed.
+For the dedup variants the Redis server's time in commands is reported per
+message too: ``INFO commandstats`` over the commands clients sent (every one but
+``INFO``; the commands a script runs are inside its own time and not counted
+twice), and the main thread's CPU time from ``INFO cpu``.
 ``--empty-partition`` preloads one partition of four with nothing, the case
 where a caught-up partition can stall the others.
 
@@ -40,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import resource
@@ -70,6 +74,7 @@ VARIANTS = (
     "faststream",
     "faststream-ack",
     "ours",
+    "ours-gc-default",
     "ours-dedup",
     "ours-batch",
 )
@@ -205,6 +210,10 @@ async def child_faststream(args: argparse.Namespace, clock: Clock, ack: bool) ->
 async def child_ours(args: argparse.Namespace, clock: Clock, variant: str) -> None:
     from bench_common import settings_of
 
+    from core.streaming.orchestration.lifecycle_coordinator import (
+        SERVING_GC_THRESHOLD,
+        serving_gc,
+    )
     from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
 
     settings = settings_of(args)
@@ -224,10 +233,12 @@ async def child_ours(args: argparse.Namespace, clock: Clock, variant: str) -> No
         builder.add_consumer_handler([args.topic], args.group, handle)
     service = builder.build()
     await service.start()
-    gc.collect()  # as `tradestream run` does once its services have started
-    gc.freeze()
+    # The garbage collector as `tradestream run` sets it once its services have
+    # started; ``ours-gc-default`` keeps Python's default threshold (freeze only).
+    threshold = None if variant == "ours-gc-default" else SERVING_GC_THRESHOLD
     try:
-        await asyncio.wait_for(clock.done.wait(), args.timeout)
+        with serving_gc(threshold):
+            await asyncio.wait_for(clock.done.wait(), args.timeout)
     finally:
         await service.stop()
 
@@ -267,26 +278,39 @@ async def preload(bootstrap: str, topic: str, partitions: int, messages: int, em
         await producer.stop()
 
 
-def redis_script_usec(redis_url: str) -> tuple[int, int]:
-    """Total calls and microseconds Redis spent in commands so far (``INFO`` left out)."""
+#: Commands the dedup scripts run inside Redis: their time is part of the script's
+#: own (EVALSHA) time in ``INFO commandstats``, so it is not counted again.
+_SCRIPT_INNER = {
+    "cmdstat_time", "cmdstat_smismember", "cmdstat_hmget", "cmdstat_hset", "cmdstat_hget",
+    "cmdstat_pexpire", "cmdstat_sadd", "cmdstat_hdel",
+}  # fmt: skip
+
+
+def redis_usage(redis_url: str) -> tuple[int, float]:
+    """Microseconds Redis spent in the commands clients sent, and its main thread's CPU seconds.
+
+    ``INFO`` is left out, and so are the commands run inside scripts (already in
+    the script's time).
+    """
     import redis
 
     client = redis.Redis.from_url(redis_url)
     try:
         stats = client.info("commandstats")
+        cpu = client.info("cpu")
     finally:
         client.close()
-    calls = usec = 0
-    for name, values in stats.items():
-        if name != "cmdstat_info":
-            calls += int(values["calls"])
-            usec += int(values["usec"])
-    return calls, usec
+    usec = sum(
+        int(values["usec"])
+        for name, values in stats.items()
+        if name != "cmdstat_info" and name not in _SCRIPT_INNER
+    )
+    return usec, float(cpu["used_cpu_user_main_thread"]) + float(cpu["used_cpu_sys_main_thread"])
 
 
 def run_variant(args: argparse.Namespace, variant: str, topic: str) -> dict[str, Any]:
     group = f"bench-{variant}-{uuid.uuid4().hex[:8]}"
-    before = redis_script_usec(args.redis_url)
+    before = redis_usage(args.redis_url)
     command = [
         sys.executable, __file__, "--child", variant, "--topic", topic, "--group", group,
         "--count", str(args.messages), "--bootstrap", args.bootstrap,
@@ -299,8 +323,9 @@ def run_variant(args: argparse.Namespace, variant: str, topic: str) -> dict[str,
     if out.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    after = redis_script_usec(args.redis_url)
-    result["redis_usec"] = after[1] - before[1]
+    after = redis_usage(args.redis_url)
+    result["redis_usec"] = after[0] - before[0]
+    result["redis_cpu"] = after[1] - before[1]
     result["variant"] = variant
     return result
 
@@ -309,6 +334,7 @@ def summarize(runs: list[dict[str, Any]], messages: int) -> dict[str, Any]:
     rates = [messages / r["seconds"] for r in runs]
     cpu = [r["cpu"] / messages * 1e6 for r in runs]
     redis_us = [r["redis_usec"] / messages for r in runs]
+    redis_cpu = [r.get("redis_cpu", 0.0) / messages * 1e6 for r in runs]
     return {
         "msg_per_s": statistics.median(rates),
         "msg_per_s_min": min(rates),
@@ -317,6 +343,7 @@ def summarize(runs: list[dict[str, Any]], messages: int) -> dict[str, Any]:
         "cpu_us_min": min(cpu),
         "cpu_us_max": max(cpu),
         "redis_us_per_msg": statistics.median(redis_us),
+        "redis_cpu_us_per_msg": statistics.median(redis_cpu),
     }
 
 
@@ -361,13 +388,14 @@ def main() -> None:
         f"\n{args.messages} messages, {args.partitions} partitions"
         f"{' (one empty)' if args.empty_partition else ''}, median of {args.repeat}\n"
     )
-    print("| variant | msg/s (min-max) | CPU µs/msg (min-max) | Redis µs/msg |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| variant | msg/s (min-max) | CPU µs/msg (min-max) | Redis µs/msg | Redis CPU µs/msg |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for variant, row in table.items():
         print(
             f"| {variant} | {row['msg_per_s']:,.0f} ({row['msg_per_s_min']:,.0f}-"
             f"{row['msg_per_s_max']:,.0f}) | {row['cpu_us_per_msg']:.2f} "
-            f"({row['cpu_us_min']:.2f}-{row['cpu_us_max']:.2f}) | {row['redis_us_per_msg']:.2f} |"
+            f"({row['cpu_us_min']:.2f}-{row['cpu_us_max']:.2f}) | {row['redis_us_per_msg']:.2f} | "
+            f"{row['redis_cpu_us_per_msg']:.2f} |"
         )
     name = "peers-empty" if args.empty_partition else "peers"
     write_results(args, name, {"table": table, "runs": runs})

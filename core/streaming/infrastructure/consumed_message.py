@@ -255,26 +255,27 @@ _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
 
-_handling: contextvars.ContextVar[ConsumedMessage | None] = contextvars.ContextVar(
+#: The message whose handler the current task is running (set per handler call).
+HANDLING: contextvars.ContextVar[ConsumedMessage | None] = contextvars.ContextVar(
     "tradestream_handling", default=None
 )
 
 
 def current_message() -> ConsumedMessage | None:
     """The message whose handler the current task is running, if any."""
-    return _handling.get()
+    return HANDLING.get()
 
 
 def set_current_message(
     message: ConsumedMessage | None,
 ) -> contextvars.Token[ConsumedMessage | None]:
     """Make ``message`` the current task's; reset with the returned token."""
-    return _handling.set(message)
+    return HANDLING.set(message)
 
 
 def reset_current_message(token: contextvars.Token[ConsumedMessage | None]) -> None:
     """Undo :func:`set_current_message`."""
-    _handling.reset(token)
+    HANDLING.reset(token)
 
 
 def track_output(ack: Awaitable[Any]) -> bool:
@@ -284,7 +285,7 @@ def track_output(ack: Awaitable[Any]) -> bool:
     send that fails after the handler returned fails the message instead of
     vanishing.
     """
-    message = _handling.get()
+    message = HANDLING.get()
     if message is None:
         return False
     if message.outputs is None:

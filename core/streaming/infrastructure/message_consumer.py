@@ -191,15 +191,24 @@ class MessageConsumer:
     def finish_many(self, messages: Sequence[ConsumedMessage]) -> None:
         """:meth:`mark_finished` for many messages (one lookup per partition run)."""
         offsets = self._offsets
-        key: tuple[int, str] | None = None
+        key: tuple[int, str, int] | None = None
         state: PartitionOffsets | None = None
+        run: list[int] = []
         for message in messages:
             record = message.record
-            if key is None or key[0] != record.partition or key[1] != record.topic:
-                key = (record.partition, record.topic)
+            if key is None or (
+                key[0] != record.partition or key[1] != record.topic or key[2] != message.generation
+            ):
+                if state is not None and run:
+                    state.finish_run(run)
+                run = []
+                key = (record.partition, record.topic, message.generation)
                 state = offsets.get(TopicPartition(record.topic, record.partition))
-            if state is not None and state.generation == message.generation:
-                state.finish(record.offset)
+                if state is not None and state.generation != message.generation:
+                    state = None
+            run.append(record.offset)
+        if state is not None and run:
+            state.finish_run(run)
         self._finished_since_commit += len(messages)
 
     def pending_offsets(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 
 
 @dataclass
@@ -42,6 +43,25 @@ class PartitionOffsets:
                 self.finished_ahead.discard(self.in_flight.popleft())
         else:
             self.finished_ahead.add(offset)
+
+    def finish_run(self, offsets: list[int]) -> None:
+        """:meth:`finish` for many offsets; in bulk when they are the oldest in flight.
+
+        In a partition-ordered flow a run's offsets usually are exactly the oldest
+        ones in flight: one list comparison then replaces a step per offset.
+        """
+        in_flight = self.in_flight
+        n = len(offsets)
+        if n and in_flight and in_flight[0] == offsets[0] and list(islice(in_flight, n)) == offsets:
+            pop = in_flight.popleft
+            for _ in range(n):
+                pop()
+            ahead = self.finished_ahead
+            while ahead and in_flight and in_flight[0] in ahead:
+                ahead.discard(pop())
+            return
+        for offset in offsets:
+            self.finish(offset)
 
     def committable(self) -> int | None:
         """Position a commit may record now: all offsets below it are final."""

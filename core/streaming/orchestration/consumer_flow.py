@@ -162,7 +162,7 @@ class ConsumerFlow:
         for tp, messages in fetched:
             self.sensor.on_consumed(tp.topic, len(messages))
             if dedup is not None:
-                dedup.claim_ahead(messages)
+                dedup.claim_ahead(messages, tp)
             self.dispatcher.submit_partition(tp, messages)
 
     async def _run_done(self, run: list[ConsumedMessage]) -> None:

@@ -67,8 +67,11 @@ class _Lane:
             while not queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            limit = dispatcher.max_run
-            run = [queue.popleft() for _ in range(min(limit, len(queue)))]
+            if len(queue) <= dispatcher.max_run:
+                run = list(queue)
+                queue.clear()
+            else:
+                run = [queue.popleft() for _ in range(dispatcher.max_run)]
             self.run = run
             try:
                 await dispatcher.process(run)

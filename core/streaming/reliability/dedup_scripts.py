@@ -26,9 +26,10 @@ _SCRIPT_IDS = 1000
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)"
 
 # KEYS: claims hash, done set of this bucket, of the previous one. ARGV: 1 claim ms,
-# 2 token base "p|member|tp|gen|", 3 first token number, 4 member, 5 topic:partition,
-# 6 generation, 7 the ids, newline-separated (one argument: far cheaper for the client
-# to send than one per id). One flag per id: C claimed, T taken over from an older
+# 2 token base "p|member|tp|gen|", 3 the call's token number (ids of one call are
+# distinct, so they share a token), 4 member, 5 topic:partition, 6 generation, 7 the
+# ids, newline-separated (one argument: far cheaper for the client to send than one
+# per id). One flag per id: C claimed, T taken over from an older
 # generation's owner of this partition, D done, H held by this member, P held elsewhere.
 _CLAIM_SCRIPT = (
     _NOW_MS
@@ -38,9 +39,9 @@ for id in string.gmatch(ARGV[7], '[^\\n]+') do ids[#ids + 1] = id end
 local done1 = redis.call('SMISMEMBER', KEYS[2], unpack(ids))
 local done2 = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
 local held = redis.call('HMGET', KEYS[1], unpack(ids))
-local base, first, member, tp = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local member, tp = ARGV[4], ARGV[5]
 local gen = tonumber(ARGV[6])
-local prefix = (now + tonumber(ARGV[1])) .. '|' .. base
+local claim = (now + tonumber(ARGV[1])) .. '|' .. ARGV[2] .. ARGV[3]
 local flags, fields = {}, {}
 for i = 1, #ids do
   local flag = 'C'
@@ -60,7 +61,7 @@ for i = 1, #ids do
   end
   if flag == 'C' or flag == 'T' then
     fields[#fields + 1] = ids[i]
-    fields[#fields + 1] = prefix .. (first + i - 1)
+    fields[#fields + 1] = claim
   end
   flags[i] = flag
 end

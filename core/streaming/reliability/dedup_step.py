@@ -51,6 +51,23 @@ _WAIT_LOG_INTERVAL_S = 10.0
 _DONE_HERE = frozenset({Outcome.HANDLED, Outcome.DUPLICATE})
 
 
+def _envelope_id(message: ConsumedMessage) -> str | None:
+    """:attr:`ConsumedMessage.event_id`, inlined for the claim loop."""
+    value = message.value
+    if value is None:
+        return None
+    event_id = value.get("id")
+    if (
+        type(event_id) is str
+        and event_id
+        and type(value.get("type")) is str
+        and type(value.get("source")) is str
+        and type(value.get("data")) is dict
+    ):
+        return event_id
+    return None
+
+
 class _StillHeld(Exception):
     """The claim is held by someone else: wait and ask again."""
 
@@ -104,10 +121,24 @@ class DedupStep:
 
     # ------------------------------------------------------------------ claiming ahead
 
-    def claim_ahead(self, batch: Sequence[ConsumedMessage]) -> None:
-        """Start claiming a fetched batch's ids; lanes wait for the result when they run."""
-        by_partition: dict[TopicPartition, list[tuple[ConsumedMessage, str]]] = {}
-        identity = self.identity
+    def claim_ahead(
+        self, batch: Sequence[ConsumedMessage], partition: TopicPartition | None = None
+    ) -> None:
+        """Start claiming a fetched batch's ids; lanes wait for the result when they run.
+
+        ``partition``, when given, is the one partition every message of the batch
+        comes from (as fetched).
+        """
+        if partition is None:
+            by_partition: dict[TopicPartition, list[ConsumedMessage]] = {}
+            for message in batch:
+                by_partition.setdefault(message.topic_partition, []).append(message)
+            for tp, messages in by_partition.items():
+                self.claim_ahead(messages, tp)
+            return
+        identity = self.identity if self.dedup_key is not None else _envelope_id
+        wait = _WAIT_FOR_CLAIMS
+        items: list[tuple[ConsumedMessage, str]] = []
         for message in batch:
             if message.decode_error is not None:
                 continue
@@ -115,18 +146,14 @@ class DedupStep:
             if event_id is None:
                 continue
             message.identity = event_id
-            message.claim = _WAIT_FOR_CLAIMS
-            items = by_partition.get(message.topic_partition)
-            if items is None:
-                by_partition[message.topic_partition] = [(message, event_id)]
-            else:
-                items.append((message, event_id))
-        pending = self._pending
-        for tp, items in by_partition.items():
-            task = asyncio.create_task(self._claim(tp, items), name=f"claim-{tp.topic}")
-            self._claim_tasks.add(task)
-            task.add_done_callback(self._claim_tasks.discard)
-            pending.update(dict.fromkeys([m for m, _ in items], task))
+            message.claim = wait
+            items.append((message, event_id))
+        if not items:
+            return
+        task = asyncio.create_task(self._claim(partition, items), name=f"claim-{partition.topic}")
+        self._claim_tasks.add(task)
+        task.add_done_callback(self._claim_tasks.discard)
+        self._pending.update(dict.fromkeys([m for m, _ in items], task))
 
     async def _claim(self, tp: TopicPartition, items: list[tuple[ConsumedMessage, str]]) -> None:
         ids = [event_id for _, event_id in items]
@@ -136,16 +163,15 @@ class DedupStep:
             )
         )
         given_up: list[tuple[str, str]] = []
-        pending, held, holders = self._pending, self.held, self.holders
+        pop, held, holders = self._pending.pop, self.held, self.holders
         for (message, event_id), (result, token) in zip(items, results, strict=True):
             message.claim = result
             message.claim_token = token
-            if pending.pop(message, None) is None:
+            if pop(message, None) is None:
                 # Released while its claim was being made: give the claim straight back.
                 if token is not None:
                     given_up.append((event_id, token))
-                continue
-            if token is not None:
+            elif token is not None:
                 held[message] = (event_id, token)
                 holders[event_id] = message
         if given_up:
@@ -175,8 +201,27 @@ class DedupStep:
     async def __call__(self, batch: Batch, call_next: Next) -> None:
         pending = self._pending
         if pending:
-            for task in {pending[m] for m in batch if m in pending}:
-                await asyncio.shield(task)
+            tasks = set(map(pending.get, batch))
+            tasks.discard(None)
+            for task in tasks:
+                await asyncio.shield(task)  # type: ignore[arg-type]
+        claims = [m.claim for m in batch]
+        if (
+            ClaimResult.IN_PROGRESS not in claims
+            and ClaimResult.HELD_HERE not in claims
+            and ClaimResult.DUPLICATE not in claims
+            and not self._reclaim
+        ):
+            # The usual run: every message claimed (or not deduplicated) and none to wait for.
+            await call_next(batch)
+        else:
+            await self._run_claimed(batch, call_next)
+        outcomes = [m.outcome for m in batch]
+        if Outcome.DEAD_LETTERED in outcomes or Outcome.RETRY_SCHEDULED in outcomes:
+            await self.release([m for m in batch if m.outcome in LEFT_FLOW])
+
+    async def _run_claimed(self, batch: Batch, call_next: Next) -> None:
+        """Run ``batch``: duplicates marked final, waiting in order for ids held elsewhere."""
         reclaim = self._reclaim
         start = 0
         size = len(batch)
@@ -201,7 +246,6 @@ class DedupStep:
             if end < size:
                 await self._wait_for_claim(batch[end])
             start = end
-        await self.release([m for m in batch if m.outcome in LEFT_FLOW])
 
     async def _wait_for_claim(self, message: ConsumedMessage) -> None:
         """Ask again, with backoff, until the id is ours, done, or bypassed."""
@@ -286,11 +330,15 @@ class DedupStep:
         Raises :class:`DedupUnavailableError` under ``fail_closed`` when the store
         fails: the marks stay to write, and the caller must not commit them.
         """
-        ids = [self.held[m][0] for m in messages if m in self.held]
+        held = self.held
+        ids = [claim[0] for m in messages if (claim := held.get(m)) is not None]
         if ids:
             await self.dedup.mark_done_many(ids)
+        holders = self.holders
         for message in messages:
-            self._unhold(message)
+            claim = held.pop(message, None)
+            if claim is not None and holders.get(claim[0]) is message:
+                del holders[claim[0]]
 
     async def release(self, messages: Iterable[ConsumedMessage]) -> None:
         """Give back the claims of messages that end without a done mark."""

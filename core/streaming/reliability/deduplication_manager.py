@@ -35,6 +35,7 @@ message is dropped.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -80,6 +81,18 @@ logger = logging.getLogger(__name__)
 FailurePolicy = Literal["fail_open", "fail_closed"]
 
 _STORE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_CLIENT_ERRORS, *REDIS_ERRORS)
+
+
+def _id_lines(event_ids: list[str]) -> str:
+    """The ids as one newline-separated script argument (long or odd ones hashed)."""
+    joined = "\n".join(event_ids)
+    if (
+        "\t" not in joined
+        and joined.count("\n") == len(event_ids) - 1
+        and max(map(len, event_ids)) <= MAX_ID_LENGTH
+    ):
+        return joined
+    return "\n".join([key_id(e) for e in event_ids])
 
 
 class DeduplicationManager:
@@ -190,9 +203,8 @@ class DeduplicationManager:
         if self.local_cache_size == 0:
             return
         local = self._local
-        for event_id in event_ids:
-            local[event_id] = expires_at
-        while len(local) > self.local_cache_size:
+        local.update(zip(event_ids, itertools.repeat(expires_at)))
+        for _ in range(len(local) - self.local_cache_size):
             local.popitem(last=False)
 
     def cached(self, event_id: str) -> bool:
@@ -234,6 +246,27 @@ class DeduplicationManager:
 
     # ------------------------------------------------------------------ claims
 
+    def _spread(
+        self, event_ids: Sequence[str], results: list[tuple[ClaimResult, str | None]]
+    ) -> dict[int, list[int]]:
+        """Indexes of the ids to ask the store about, per shard.
+
+        Ids the local cache knows are done keep their ``DUPLICATE`` result; an id
+        repeated in the batch gets ``HELD_HERE`` after its first occurrence.
+        """
+        by_shard: dict[int, list[int]] = {}
+        first_seen: set[str] = set()
+        local = self._local
+        for i, event_id in enumerate(event_ids):
+            if event_id in local and self._cache_hit(event_id):
+                continue
+            if event_id in first_seen:
+                results[i] = (ClaimResult.HELD_HERE, None)
+                continue
+            first_seen.add(event_id)
+            by_shard.setdefault(self.shard_of(event_id), []).append(i)
+        return by_shard
+
     async def claim_batch(
         self, event_ids: Sequence[str], *, partition: str = "", generation: int = -1
     ) -> list[tuple[ClaimResult, str | None]]:
@@ -245,26 +278,14 @@ class DeduplicationManager:
         ``generation`` -1 never takes over. An id repeated in the batch gets
         ``HELD_HERE`` after its first occurrence.
         """
-        results: list[tuple[ClaimResult, str | None]] = [(ClaimResult.DUPLICATE, None)] * len(
-            event_ids
-        )
-        by_shard: dict[int, list[int]] = {}
-        first_seen: set[str] = set()
+        count = len(event_ids)
+        results: list[tuple[ClaimResult, str | None]] = [(ClaimResult.DUPLICATE, None)] * count
         local = self._local
-        one_shard = self.shards == 1
-        for i, event_id in enumerate(event_ids):
-            if event_id in local and self._cache_hit(event_id):
-                continue
-            if event_id in first_seen:
-                results[i] = (ClaimResult.HELD_HERE, None)
-                continue
-            first_seen.add(event_id)
-            shard = 0 if one_shard else self.shard_of(event_id)
-            indexes = by_shard.get(shard)
-            if indexes is None:
-                by_shard[shard] = [i]
-            else:
-                indexes.append(i)
+        if self.shards == 1 and local.keys().isdisjoint(event_ids) and len(set(event_ids)) == count:
+            # The usual batch: one shard, distinct ids, none known done here.
+            by_shard: dict[int, list[int]] = {0: list(range(count))} if count else {}
+        else:
+            by_shard = self._spread(event_ids, results)
         if not by_shard:
             return results
         # Lua unpacks the ids onto its stack: at most _SCRIPT_IDS per call.
@@ -276,12 +297,12 @@ class DeduplicationManager:
         base = f"{CLAIM_PREFIX}{self.member}|{partition}|{generation}|"
         bucket = self.current_bucket()
         sent_at = self._clock()
-        calls: list[tuple[list[int], int]] = []
+        calls: list[tuple[list[int], str]] = []
         requests = []
         for shard, indexes in chunks:
-            first = self._next_token
-            self._next_token += len(indexes)
-            calls.append((indexes, first))
+            number = self._next_token
+            self._next_token += 1
+            calls.append((indexes, f"{base}{number}"))
             requests.append(
                 self._claim_script(
                     keys=[
@@ -292,18 +313,11 @@ class DeduplicationManager:
                     args=[
                         self.processing_ttl_ms,
                         base,
-                        first,
+                        number,
                         self.member,
                         partition,
                         generation,
-                        "\n".join(
-                            [
-                                e
-                                if len(e) <= MAX_ID_LENGTH and "\n" not in e and "\t" not in e
-                                else key_id(e)
-                                for e in [event_ids[i] for i in indexes]
-                            ]
-                        ),
+                        _id_lines([event_ids[i] for i in indexes]),
                     ],
                 )
             )
@@ -312,19 +326,25 @@ class DeduplicationManager:
             # whether its scripts are loaded first: one more round trip each time).
             replies = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
         except _STORE_ERRORS as exc:
-            pending = sum(len(indexes) for indexes, _ in calls) or len(first_seen)
-            self._unavailable("claim", exc, pending)
+            self._unavailable("claim", exc, sum(len(indexes) for indexes, _ in calls))
             for indexes in by_shard.values():
                 for i in indexes:
                     results[i] = (ClaimResult.BYPASSED, None)
             return results
         done: list[str] = []
         taken = 0
-        for (indexes, first), flags in zip(calls, replies, strict=True):
+        for (indexes, token), flags in zip(calls, replies, strict=True):
             text = flags.decode() if isinstance(flags, bytes) else flags
-            for n, (i, flag) in enumerate(zip(indexes, text, strict=True)):
+            if len(text) != len(indexes):
+                raise ValueError(f"claim script answered {len(text)} flags for {len(indexes)} ids")
+            if text.count("C") == len(text):
+                claimed = (ClaimResult.CLAIMED, token)
+                for i in indexes:
+                    results[i] = claimed
+                continue
+            for i, flag in zip(indexes, text, strict=True):
                 if flag == "C" or flag == "T":
-                    results[i] = (ClaimResult.CLAIMED, f"{base}{first + n}")
+                    results[i] = (ClaimResult.CLAIMED, token)
                     taken += flag == "T"
                 elif flag == "D":
                     results[i] = (ClaimResult.DUPLICATE, None)
@@ -441,8 +461,11 @@ class DeduplicationManager:
         sent_at = self._clock()
         bucket = self.current_bucket()
         by_shard: dict[int, list[str]] = {}
-        for event_id in event_ids:
-            by_shard.setdefault(self.shard_of(event_id), []).append(key_id(event_id))
+        if self.shards == 1:
+            by_shard[0] = list(event_ids)
+        else:
+            for event_id in event_ids:
+                by_shard.setdefault(self.shard_of(event_id), []).append(event_id)
         # Kept long enough to be the previous bucket for a whole bucket.
         keep_ms = 2 * self.ttl_seconds * 1000 + 60_000
         requests = []
@@ -451,7 +474,7 @@ class DeduplicationManager:
                 requests.append(
                     self._done_script(
                         keys=[self.claims_key(shard), self.done_key(shard, bucket)],
-                        args=[keep_ms, "\n".join(ids[n : n + _SCRIPT_IDS])],
+                        args=[keep_ms, _id_lines(ids[n : n + _SCRIPT_IDS])],
                     )
                 )
         try:
@@ -463,8 +486,9 @@ class DeduplicationManager:
             self._cache_add(event_ids, sent_at + self.ttl_seconds)
             self._unavailable("mark_done", exc, len(event_ids))
             return
-        for event_id in event_ids:
-            self._held.pop(event_id, None)
+        if self._held:
+            for event_id in event_ids:
+                self._held.pop(event_id, None)
         self._cache_add(event_ids, sent_at + self.ttl_seconds)
 
     async def mark_done(self, event_id: str) -> None:

@@ -242,10 +242,9 @@ class ErrorHandler:
         start = 0
         while start < len(batch):
             await call_next(batch if start == 0 else batch[start:])
-            failed = next(
-                (i for i in range(start, len(batch)) if batch[i].outcome is Outcome.FAILED), None
-            )
-            if failed is None:
+            try:
+                failed = [m.outcome for m in batch].index(Outcome.FAILED, start)
+            except ValueError:
                 return
             await self.settle(batch[failed], call_next)
             if batch[failed].outcome is None:

@@ -56,12 +56,15 @@ MessageOutcome = Outcome
 class MetricsStep:
     """Reports each finished run to the flow's sensors."""
 
-    def __init__(self, sensor: Sensor) -> None:
+    def __init__(self, sensor: Sensor, topics: Sequence[str] = ()) -> None:
         self.sensor = sensor
+        #: The flow's one topic, if it reads only one (runs are then summed without
+        #: a look at each record's topic).
+        self.topic = topics[0] if len(topics) == 1 else None
 
     async def __call__(self, batch: Batch, call_next: Next) -> None:
         await call_next(batch)
-        self.sensor.on_run_done(batch, RunSummary(batch))
+        self.sensor.on_run_done(batch, RunSummary(batch, self.topic))
 
 
 class ReliabilityLayer:
@@ -137,7 +140,7 @@ class ReliabilityLayer:
         self.user_steps = list(steps)
         self.steps: list[Step] = [
             CorrelationStep(service_name, operation),
-            MetricsStep(self.sensor),
+            MetricsStep(self.sensor, consumer.topics),
             *([self.dedup_step] if self.dedup_step is not None else []),
             *([self.transaction_step] if self.transaction_step is not None else []),
             error_handler,

@@ -20,22 +20,37 @@ from core.streaming.types import TopicPartition
 
 
 class RunSummary:
-    """What a finished run did, per topic: counted once for every sensor."""
+    """What a finished run did, per topic: counted once for every sensor.
+
+    ``topic`` names the one topic every message of the run comes from, when the
+    flow reads only one (then the run is counted without a look at each record).
+    """
 
     __slots__ = ("duplicates", "durations", "handled")
 
-    def __init__(self, batch: Sequence[ConsumedMessage]) -> None:
+    def __init__(self, batch: Sequence[ConsumedMessage], topic: str | None = None) -> None:
         self.handled: dict[str, int] = {}
         self.duplicates: dict[str, int] = {}
         self.durations: dict[str, list[float]] = {}
-        topic = ""
-        durations: list[float] = []
+        if topic is not None:
+            handled = Outcome.HANDLED
+            durations = [m.duration for m in batch if m.outcome is handled]
+            if durations:
+                self.durations[topic] = durations
+                self.handled[topic] = len(durations)
+            if len(durations) < len(batch):
+                duplicates = [m.outcome for m in batch].count(Outcome.DUPLICATE)
+                if duplicates:
+                    self.duplicates[topic] = duplicates
+            return
+        name = ""
+        durations = []
         for message in batch:
             outcome = message.outcome
             if outcome is Outcome.HANDLED:
-                if message.record.topic != topic:
-                    topic = message.record.topic
-                    durations = self.durations.setdefault(topic, [])
+                if message.record.topic != name:
+                    name = message.record.topic
+                    durations = self.durations.setdefault(name, [])
                 durations.append(message.duration)
             elif outcome is Outcome.DUPLICATE:
                 name = message.record.topic

@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from core.streaming.errors import DecodeError, RetryableError
 from core.streaming.infrastructure.consumed_message import (
+    HANDLING,
     ConsumedMessage,
     Outcome,
     reset_current_message,
@@ -135,7 +136,10 @@ class HandlerInvoker:
         now = time.monotonic
         simple = not self.scopes and self.handler_timeout_s is None
         handler = self.handler
-        slot: list[Any] = [None, 0.0]
+        set_message, reset_message = HANDLING.set, HANDLING.reset
+        handled = Outcome.HANDLED
+        started = now()
+        slot: list[Any] = [None, started]
         self.running[task] = slot
         try:
             for message in batch:
@@ -148,9 +152,9 @@ class HandlerInvoker:
                 if value is None:
                     reject(message, DecodeError(message.decode_error or "undecodable"))
                     return
-                token = set_current_message(message)
+                token = set_message(message)
                 slot[0] = message
-                slot[1] = started = now()
+                slot[1] = started
                 try:
                     if simple:
                         await handler(value)
@@ -165,9 +169,12 @@ class HandlerInvoker:
                     reject(message, _as_failure(exc, self.handler_timeout_s))
                     return
                 finally:
-                    reset_current_message(token)
-                message.duration = now() - started
-                message.outcome = Outcome.HANDLED
+                    reset_message(token)
+                # One clock read per message: this one's end is the next one's start.
+                ended = now()
+                message.duration = ended - started
+                message.outcome = handled
+                started = ended
         finally:
             del self.running[task]
 
