@@ -5,9 +5,9 @@ The worker takes what is queued as one *run* (up to ``max_run`` messages) and
 processes it with one call. The ordering mode decides which lane a message takes:
 
 - ``partition``: one lane per partition (a partition's messages in order);
-- ``key``: ``concurrency`` lanes; a key is bound to one lane while any of its
-  messages is in flight (so equal keys keep their order) and new keys go to the
-  least busy lane (so different keys run in parallel, spread by load);
+- ``key``: ``concurrency`` lanes over one :class:`KeyQueue`; a free lane takes
+  the oldest keys no other lane is running, so equal keys keep their order,
+  different keys run in parallel, and no lane idles while keys wait;
 - ``unordered``: ``concurrency`` lanes fed round-robin.
 
 After a run, its messages without an outcome (a run cut short) go back to the
@@ -22,18 +22,22 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 
 from core.config.settings import OrderingMode
 from core.streaming.infrastructure.closing import raise_if_cancelled
 from core.streaming.infrastructure.consumed_message import ConsumedMessage
+from core.streaming.orchestration.key_queue import KeyQueue
 from core.streaming.types import TopicPartition
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Dispatcher", "LaneCrashedError", "OrderingMode"]
 Process = Callable[[list[ConsumedMessage]], Awaitable[None]]
+#: Key ordering over several lanes: about how long (seconds) one run may take.
+RUN_TARGET_S = 0.001
 RunDone = Callable[[list[ConsumedMessage]], Awaitable[None]]
 
 
@@ -48,6 +52,10 @@ class _Lane:
         self.name = name
         self.queue: deque[ConsumedMessage] = deque()
         self.run: list[ConsumedMessage] = []
+        #: Key ordering: the keys of the run (running on this lane until it ends),
+        #: and whether the lane waits for keys to run.
+        self.keys: list[Hashable] = []
+        self.free = False
         self.abandoning = False
         self._wakeup = asyncio.Event()
         self._dispatcher = dispatcher
@@ -64,17 +72,30 @@ class _Lane:
         assert task is not None
         while True:
             self._check_cancelled(task)
-            while not queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            if len(queue) <= dispatcher.max_run:
-                run = list(queue)
-                queue.clear()
+            if dispatcher.keyed is not None:
+                run = dispatcher.take_keyed(self)
+                while not run:
+                    self._wakeup.clear()
+                    self.free = True
+                    try:
+                        await self._wakeup.wait()
+                    finally:
+                        self.free = False
+                    run = dispatcher.take_keyed(self)
             else:
-                run = [queue.popleft() for _ in range(dispatcher.max_run)]
+                while not queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                if len(queue) <= dispatcher.max_run:
+                    run = list(queue)
+                    queue.clear()
+                else:
+                    run = [queue.popleft() for _ in range(dispatcher.max_run)]
             self.run = run
+            started = time.monotonic()
             try:
                 await dispatcher.process(run)
+                dispatcher.timed(len(run), time.monotonic() - started)
             except asyncio.CancelledError:
                 if not self.abandoning:
                     raise
@@ -120,9 +141,10 @@ class Dispatcher:
         self.keeps = keeps or (lambda message: True)
         self._lanes: dict[Hashable, _Lane] = {}
         self._round_robin = itertools.cycle(range(concurrency))
-        # Key ordering: key -> [lane, messages in flight]; keys bound per lane.
-        self._bindings: dict[Hashable, list[int]] = {}
-        self._lane_loads = [0] * concurrency
+        #: Key ordering over several lanes: the messages waiting per key.
+        self.keyed = KeyQueue() if ordering == "key" and concurrency > 1 else None
+        #: Moving average of the time a run takes per message (seconds; None: no run yet).
+        self.seconds_per_message: float | None = None
         self.in_flight = 0
         self.in_flight_bytes = 0
         self._idle = asyncio.Event()
@@ -136,44 +158,51 @@ class Dispatcher:
             record = message.record
             return record.partition, record.topic
         if self.ordering == "key":
-            if self.concurrency == 1:
-                return 0
-            return self._bind(message)
+            return 0  # one lane (several lanes go through ``keyed``)
         return next(self._round_robin)
 
-    def _bind(self, message: ConsumedMessage) -> int:
-        """The lane of a message's key: the one holding that key, else the least busy.
+    def timed(self, count: int, seconds: float) -> None:
+        """A run of ``count`` messages took ``seconds``: keep a moving average per message."""
+        sample = seconds / count
+        average = self.seconds_per_message
+        self.seconds_per_message = sample if average is None else average + (sample - average) * 0.2
 
-        A key stays on one lane while any of its messages is in flight, so its
-        order holds; once none is, the key may move. Keys spread over lanes by
-        load rather than by hash, so ``concurrency`` lanes stay busy even when a
-        few keys would hash to the same one.
+    def take_keyed(self, lane: _Lane) -> list[ConsumedMessage]:
+        """Key ordering: the next run for a free lane.
+
+        A run holds its keys until it ends, so it is kept to its fair share of
+        what waits and to about ``RUN_TARGET_S`` of handler time: fast handlers
+        get long runs (little overhead per message), slow ones short runs (keys
+        pass to whichever lane is free next).
         """
-        key = (message.record.partition, message.record.topic, message.record.key)
-        bound = self._bindings.get(key)
-        if bound is not None:
-            bound[1] += 1
-            return int(bound[0])
-        loads = self._lane_loads
-        lane = min(range(self.concurrency), key=loads.__getitem__)
-        loads[lane] += 1
-        self._bindings[key] = [lane, 1]
-        return lane
+        keyed = self.keyed
+        assert keyed is not None
+        if not keyed.ready:
+            return []
+        average = self.seconds_per_message
+        if average is None:
+            limit = 1  # until a run has shown how long the handler takes
+        else:
+            limit = min(self.max_run, -(-keyed.size // self.concurrency))
+            if average > 0:
+                limit = min(limit, int(RUN_TARGET_S / average))
+        run, lane.keys = keyed.take(max(1, limit))
+        return run
 
-    def _unbind(self, messages: list[ConsumedMessage]) -> None:
-        bindings, loads = self._bindings, self._lane_loads
-        for message in messages:
-            key = (message.record.partition, message.record.topic, message.record.key)
-            bound = bindings.get(key)
-            if bound is None:
-                continue
-            bound[1] -= 1
-            if bound[1] <= 0:
-                del bindings[key]
-                loads[bound[0]] -= 1
+    def _wake_free_lanes(self, keys: int) -> None:
+        """Wake up to ``keys`` lanes that are waiting for work."""
+        for lane in self._lanes.values():
+            if keys <= 0:
+                return
+            if lane.free and not lane._wakeup.is_set():
+                lane._wakeup.set()
+                keys -= 1
 
     def submit_many(self, messages: Iterable[ConsumedMessage]) -> None:
         """Queue each message on its lane (consecutive messages of one lane in one go)."""
+        if self.keyed is not None:
+            self._submit_keyed(list(messages))
+            return
         lane_key = self._lane_key
         n = size = 0
         pending: list[ConsumedMessage] = []
@@ -193,6 +222,18 @@ class Dispatcher:
             self.in_flight += n
             self.in_flight_bytes += size
             self._idle.clear()
+
+    def _submit_keyed(self, messages: list[ConsumedMessage]) -> None:
+        assert self.keyed is not None
+        if not messages:
+            return
+        if not self._lanes:
+            for n in range(self.concurrency):
+                self._lanes[n] = _Lane(n, self)
+        self.in_flight += len(messages)
+        self.in_flight_bytes += sum([m.nbytes for m in messages])
+        self._idle.clear()
+        self._wake_free_lanes(self.keyed.push(messages))
 
     def _push(self, key: Hashable, messages: list[ConsumedMessage]) -> None:
         lane = self._lanes.get(key)
@@ -220,7 +261,8 @@ class Dispatcher:
         keeps = self.keeps
         requeue = [m for m in run if m.outcome is None and keeps(m)]
         if requeue:
-            lane.queue.extendleft(reversed(requeue))
+            if self.keyed is None:
+                lane.queue.extendleft(reversed(requeue))
             leaving = [m for m in run if not (m.outcome is None and keeps(m))]
         else:
             leaving = run
@@ -229,10 +271,11 @@ class Dispatcher:
                 await self.on_run_done(leaving)
         finally:
             self._left(leaving)
+            if self.keyed is not None:
+                keys, lane.keys = lane.keys, []
+                self._wake_free_lanes(self.keyed.release(keys, requeue))
 
     def _left(self, messages: list[ConsumedMessage]) -> None:
-        if self._bindings:
-            self._unbind(messages)
         self.in_flight -= len(messages)
         self.in_flight_bytes -= sum([m.nbytes for m in messages])
         self._progress.set()
@@ -247,6 +290,10 @@ class Dispatcher:
             self.crashed = exc
         orphans = [*lane.run, *lane.queue]
         lane.queue.clear()
+        if self.keyed is not None:
+            # The lane's keys stay with it: their waiting messages cannot run here.
+            keys = set(lane.keys)
+            orphans += self.keyed.drop(lambda m: self.keyed.key_of(m) in keys)  # type: ignore[union-attr]
         self.orphaned.extend(orphans)
         self._left(orphans)
 
@@ -264,6 +311,10 @@ class Dispatcher:
     def drop_queued(self, partitions: set[TopicPartition] | None = None) -> list[ConsumedMessage]:
         """Forget queued, not yet started messages (of ``partitions``); returns them."""
         dropped: list[ConsumedMessage] = []
+        if self.keyed is not None:
+            dropped += self.keyed.drop(
+                lambda m: partitions is None or m.topic_partition in partitions
+            )
         for lane in self._lanes.values():
             if partitions is None:
                 dropped.extend(lane.queue)
@@ -280,6 +331,10 @@ class Dispatcher:
 
     def busy_with(self, partitions: set[TopicPartition]) -> bool:
         """True while any lane runs or holds a message of ``partitions``."""
+        if self.keyed is not None and any(
+            m.topic_partition in partitions for m in self.keyed.messages()
+        ):
+            return True
         for lane in self._lanes.values():
             if any(m.topic_partition in partitions for m in lane.run):
                 return True
@@ -324,10 +379,10 @@ class Dispatcher:
             left.extend(lane.run)
             left.extend(lane.queue)
             lane.task.cancel()
+        if self.keyed is not None:
+            left.extend(self.keyed.clear())
         await asyncio.gather(*(lane.task for lane in lanes), return_exceptions=True)
         self.in_flight = 0
         self.in_flight_bytes = 0
-        self._bindings.clear()
-        self._lane_loads = [0] * self.concurrency
         self._idle.set()
         return left
