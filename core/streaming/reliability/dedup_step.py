@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 DedupKey = Callable[[dict[str, Any]], str | None]
 Generation = Callable[[TopicPartition], int]
 
-#: Claims that are still being made: the message waits for this task.
-_WAIT_FOR_CLAIMS = "pending"
 #: Seconds between two "waiting on another member's claims" log lines.
 _WAIT_LOG_INTERVAL_S = 10.0
 
@@ -93,13 +91,11 @@ class DedupStep:
         self.generation_of = generation_of or (lambda tp: -1)
         #: Claims this flow holds: message -> (event id, token).
         self.held: dict[ConsumedMessage, tuple[str, str]] = {}
-        #: The message of this flow holding each claimed id.
-        self.holders: dict[str, ConsumedMessage] = {}
         self.waiting = 0
         self.store_failing = False
+        # Claims still being made (a message's ``claim`` is its task meanwhile), and
+        # messages whose claim was lost before they ran.
         self._claim_tasks: set[asyncio.Task[None]] = set()
-        # Claims still being made, and messages whose claim was lost before they ran.
-        self._pending: dict[ConsumedMessage, asyncio.Task[None]] = {}
         self._reclaim: set[ConsumedMessage] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._last_wait_log = 0.0
@@ -137,25 +133,28 @@ class DedupStep:
                 self.claim_ahead(messages, tp)
             return
         identity = self.identity if self.dedup_key is not None else _envelope_id
-        wait = _WAIT_FOR_CLAIMS
         items: list[tuple[ConsumedMessage, str]] = []
+        task: asyncio.Task[None] | None = None
         for message in batch:
             if message.decode_error is not None:
                 continue
             event_id = identity(message)
             if event_id is None:
                 continue
+            if task is None:
+                # It starts once this returns: the messages wait for it meanwhile.
+                task = asyncio.create_task(
+                    self._claim(partition, items), name=f"claim-{partition.topic}"
+                )
             message.identity = event_id
-            message.claim = wait
+            message.claim = task
             items.append((message, event_id))
-        if not items:
-            return
-        task = asyncio.create_task(self._claim(partition, items), name=f"claim-{partition.topic}")
-        self._claim_tasks.add(task)
-        task.add_done_callback(self._claim_tasks.discard)
-        self._pending.update(dict.fromkeys([m for m, _ in items], task))
+        if task is not None:
+            self._claim_tasks.add(task)
+            task.add_done_callback(self._claim_tasks.discard)
 
     async def _claim(self, tp: TopicPartition, items: list[tuple[ConsumedMessage, str]]) -> None:
+        task = asyncio.current_task()
         ids = [event_id for _, event_id in items]
         results = await self._with_store(
             lambda: self.dedup.claim_batch(
@@ -163,17 +162,17 @@ class DedupStep:
             )
         )
         given_up: list[tuple[str, str]] = []
-        pop, held, holders = self._pending.pop, self.held, self.holders
+        held = self.held
         for (message, event_id), (result, token) in zip(items, results, strict=True):
-            message.claim = result
-            message.claim_token = token
-            if pop(message, None) is None:
+            if message.claim is not task:
                 # Released while its claim was being made: give the claim straight back.
                 if token is not None:
                     given_up.append((event_id, token))
-            elif token is not None:
+                continue
+            message.claim = result
+            message.claim_token = token
+            if token is not None:
                 held[message] = (event_id, token)
-                holders[event_id] = message
         if given_up:
             await self.dedup.release_claims(given_up)
 
@@ -199,13 +198,12 @@ class DedupStep:
     # ------------------------------------------------------------------ in the chain
 
     async def __call__(self, batch: Batch, call_next: Next) -> None:
-        pending = self._pending
-        if pending:
-            tasks = set(map(pending.get, batch))
-            tasks.discard(None)
-            for task in tasks:
-                await asyncio.shield(task)  # type: ignore[arg-type]
         claims = [m.claim for m in batch]
+        tasks = [c for c in set(claims) if isinstance(c, asyncio.Task)]
+        if tasks:
+            for task in tasks:
+                await asyncio.shield(task)  # raises if the claims could not be made
+            claims = [m.claim for m in batch]
         if (
             ClaimResult.IN_PROGRESS not in claims
             and ClaimResult.HELD_HERE not in claims
@@ -261,7 +259,7 @@ class DedupStep:
             ):
                 with attempt:
                     if message.claim is ClaimResult.HELD_HERE:
-                        holder = self.holders.get(event_id)
+                        holder = self.holder_of(event_id)
                         if holder is not None and holder.outcome in _DONE_HERE:
                             # Our own copy handled it; its done mark is on its way.
                             message.claim = ClaimResult.DUPLICATE
@@ -334,18 +332,16 @@ class DedupStep:
         ids = [claim[0] for m in messages if (claim := held.get(m)) is not None]
         if ids:
             await self.dedup.mark_done_many(ids)
-        holders = self.holders
         for message in messages:
-            claim = held.pop(message, None)
-            if claim is not None and holders.get(claim[0]) is message:
-                del holders[claim[0]]
+            held.pop(message, None)
 
     async def release(self, messages: Iterable[ConsumedMessage]) -> None:
         """Give back the claims of messages that end without a done mark."""
         claims = []
         for message in messages:
             held = self._unhold(message)
-            self._pending.pop(message, None)
+            if isinstance(message.claim, asyncio.Task):
+                message.claim = None  # still being claimed: the claim is given back on arrival
             if held is not None:
                 claims.append(held)
         if claims:
@@ -353,13 +349,19 @@ class DedupStep:
 
     def _hold(self, message: ConsumedMessage, event_id: str, token: str) -> None:
         self.held[message] = (event_id, token)
-        self.holders[event_id] = message
 
     def _unhold(self, message: ConsumedMessage) -> tuple[str, str] | None:
-        held = self.held.pop(message, None)
-        if held is not None and self.holders.get(held[0]) is message:
-            del self.holders[held[0]]
-        return held
+        return self.held.pop(message, None)
+
+    def holder_of(self, event_id: str) -> ConsumedMessage | None:
+        """The message of this flow holding the claim of ``event_id``, if any.
+
+        A scan of the held claims: only a copy found held here asks, which is rare.
+        """
+        for message, (held_id, _) in self.held.items():
+            if held_id == event_id:
+                return message
+        return None
 
     # ------------------------------------------------------------------ renewal
 

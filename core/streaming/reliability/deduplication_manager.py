@@ -35,12 +35,10 @@ message is dropped.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import uuid
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -61,6 +59,7 @@ from core.streaming.reliability.dedup_scripts import (
     DedupUnavailableError,
     key_id,
 )
+from core.streaming.reliability.done_cache import DoneCache
 from core.streaming.reliability.sensors import Sensor
 
 __all__ = [
@@ -126,8 +125,6 @@ class DeduplicationManager:
             raise ValueError("ttl_seconds must be positive")
         if processing_ttl_ms <= 0:
             raise ValueError("processing_ttl_ms must be positive")
-        if local_cache_size < 0:
-            raise ValueError("local_cache_size must not be negative")
         if failure_policy not in ("fail_open", "fail_closed"):
             raise ValueError(f"unknown failure_policy {failure_policy!r}")
         if shards < 1:
@@ -151,7 +148,7 @@ class DeduplicationManager:
         self.member = uuid.uuid4().hex
         self._next_token = 0
         self._held: dict[str, str] = {}  # single-id API: event id -> our token
-        self._local: OrderedDict[str, float] = OrderedDict()
+        self._local = DoneCache(local_cache_size)
         self._claim_script = redis_client.register_script(_CLAIM_SCRIPT)
         self._held_script = redis_client.register_script(_HELD_SCRIPT)
         self._done_script = redis_client.register_script(_DONE_SCRIPT)
@@ -190,22 +187,10 @@ class DeduplicationManager:
         return self.claims_key(self.shard_of(event_id))
 
     def _cache_hit(self, event_id: str) -> bool:
-        expires = self._local.get(event_id)
-        if expires is None:
-            return False
-        if self._clock() >= expires:
-            del self._local[event_id]
-            return False
-        self._local.move_to_end(event_id)
-        return True
+        return self._local.hit(event_id, self._clock())
 
     def _cache_add(self, event_ids: Iterable[str], expires_at: float) -> None:
-        if self.local_cache_size == 0:
-            return
-        local = self._local
-        local.update(zip(event_ids, itertools.repeat(expires_at)))
-        for _ in range(len(local) - self.local_cache_size):
-            local.popitem(last=False)
+        self._local.add(event_ids, expires_at)
 
     def cached(self, event_id: str) -> bool:
         """True when the local cache knows ``event_id`` is done (no round trip)."""
@@ -256,9 +241,9 @@ class DeduplicationManager:
         """
         by_shard: dict[int, list[int]] = {}
         first_seen: set[str] = set()
-        local = self._local
+        local, now = self._local, self._clock()
         for i, event_id in enumerate(event_ids):
-            if event_id in local and self._cache_hit(event_id):
+            if local.hit(event_id, now):
                 continue
             if event_id in first_seen:
                 results[i] = (ClaimResult.HELD_HERE, None)
@@ -280,8 +265,8 @@ class DeduplicationManager:
         """
         count = len(event_ids)
         results: list[tuple[ClaimResult, str | None]] = [(ClaimResult.DUPLICATE, None)] * count
-        local = self._local
-        if self.shards == 1 and local.keys().isdisjoint(event_ids) and len(set(event_ids)) == count:
+        distinct = set(event_ids)
+        if self.shards == 1 and len(distinct) == count and self._local.disjoint(distinct):
             # The usual batch: one shard, distinct ids, none known done here.
             by_shard: dict[int, list[int]] = {0: list(range(count))} if count else {}
         else:

@@ -114,7 +114,7 @@ async def test_an_earlier_copy_takes_the_claim_from_a_later_copy_queued_behind_i
     await asyncio.wait_for(step([second], handle), 5)
     assert runs == [0]
     assert second.outcome is Outcome.DUPLICATE
-    assert step.holders["e3"] is first
+    assert step.holder_of("e3") is first
 
 
 async def test_an_unordered_flow_waits_for_the_copy_that_holds_the_claim() -> None:

@@ -198,15 +198,19 @@ async def test_plan_api_is_duplicate_and_mark_processed(client: Redis) -> None:
 # --------------------------------------------------------------------------- local cache
 
 
-async def test_lru_evicts_least_recently_used(client: Redis) -> None:
+async def test_local_cache_keeps_the_most_recently_used_ids(client: Redis) -> None:
     counting = CountingRedis(client)
     dedup = DeduplicationManager(counting, "svc", local_cache_size=3)  # type: ignore[arg-type]
-    await dedup.mark_done_many(["a", "b", "c"])
+    await dedup.mark_done_many(["a", "b", "c", "d", "e", "f"])
+    assert dedup.local_cache_len == 6  # up to twice the size between trims
     assert dedup.cached("a")  # a is now the most recently used
-    await dedup.mark_done("d")  # evicts b, the least recently used
+    await dedup.mark_done("g")  # over twice the size: the 3 most recently used stay
     assert dedup.local_cache_len == 3
-    assert dedup.cached("a") and dedup.cached("c") and dedup.cached("d")
-    assert not dedup.cached("b")
+    assert dedup.cached("f") and dedup.cached("a") and dedup.cached("g")
+    assert not dedup.cached("b") and not dedup.cached("e")
+    for n in range(20):
+        await dedup.mark_done(f"x{n}")
+        assert dedup.local_cache_len <= 6
     # b is still done in Redis: a claim asks Redis and re-caches it.
     calls = counting.calls
     assert await dedup.claim("b") is ClaimResult.DUPLICATE
