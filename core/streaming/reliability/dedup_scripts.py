@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 
+import orjson
+
 from core.streaming.errors import RetryableError
 
 DONE = "done"
@@ -28,21 +30,21 @@ _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2
 # KEYS: claims hash, done set of this bucket, of the previous one. ARGV: 1 claim ms,
 # 2 token base "p|member|tp|gen|", 3 the call's token number (ids of one call are
 # distinct, so they share a token), 4 member, 5 topic:partition, 6 generation, 7 the
-# ids, newline-separated (one argument: far cheaper for the client to send than one
-# per id). One flag per id: C claimed, T taken over from an older
-# generation's owner of this partition, D done, H held by this member, P held elsewhere.
+# ids as a JSON array (one argument: far cheaper for the client to send than one per
+# id, and cjson splits it faster than a Lua pattern). One flag per id: C claimed, T
+# taken over from an older generation's owner of this partition, D done, H held by
+# this member, P held elsewhere.
 _CLAIM_SCRIPT = (
     _NOW_MS
     + """
-local ids = {}
-for id in string.gmatch(ARGV[7], '[^\\n]+') do ids[#ids + 1] = id end
+local ids = cjson.decode(ARGV[7])
 local done1 = redis.call('SMISMEMBER', KEYS[2], unpack(ids))
 local done2 = redis.call('SMISMEMBER', KEYS[3], unpack(ids))
 local held = redis.call('HMGET', KEYS[1], unpack(ids))
 local member, tp = ARGV[4], ARGV[5]
 local gen = tonumber(ARGV[6])
 local claim = (now + tonumber(ARGV[1])) .. '|' .. ARGV[2] .. ARGV[3]
-local flags, fields = {}, {}
+local flags, fields, nf = {}, {}, 0
 for i = 1, #ids do
   local flag = 'C'
   if done1[i] == 1 or done2[i] == 1 then
@@ -60,12 +62,13 @@ for i = 1, #ids do
     end
   end
   if flag == 'C' or flag == 'T' then
-    fields[#fields + 1] = ids[i]
-    fields[#fields + 1] = claim
+    fields[nf + 1] = ids[i]
+    fields[nf + 2] = claim
+    nf = nf + 2
   end
   flags[i] = flag
 end
-if #fields > 0 then
+if nf > 0 then
   redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('PEXPIRE', KEYS[1], 4 * tonumber(ARGV[1]))
 end
@@ -101,10 +104,9 @@ return table.concat(flags)
 )
 
 # KEYS: claims hash, done set of this bucket. ARGV: 1 how long the set is kept (ms),
-# 2 the ids, newline-separated. Marks them done and drops their claims.
+# 2 the ids as a JSON array. Marks them done and drops their claims.
 _DONE_SCRIPT = """
-local ids = {}
-for id in string.gmatch(ARGV[2], '[^\\n]+') do ids[#ids + 1] = id end
+local ids = cjson.decode(ARGV[2])
 redis.call('SADD', KEYS[2], unpack(ids))
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], unpack(ids))
@@ -151,8 +153,37 @@ class DedupUnavailableError(RetryableError):
     """Redis is unreachable (or erroring) and the policy is ``fail_closed``."""
 
 
+def id_array(event_ids: list[str]) -> bytes:
+    """The ids as one JSON-array script argument, each in its :func:`key_id` form.
+
+    The usual batch (short ids, nothing JSON must escape) is encoded as it is in
+    one C-level call; a batch holding a long id or an escaped character is mapped
+    id by id.
+    """
+    if event_ids and max(map(len, event_ids)) <= MAX_ID_LENGTH:
+        try:
+            encoded: bytes | None = orjson.dumps(event_ids)
+        except orjson.JSONEncodeError:  # a lone surrogate: key_id hashes it
+            encoded = None
+        if encoded is not None and b"\\" not in encoded:  # nothing escaped: no separators
+            return encoded
+    return orjson.dumps([key_id(e) for e in event_ids])
+
+
 def key_id(event_id: str) -> str:
-    """The form of ``event_id`` used in keys: itself, or its hash when long or odd."""
+    """The form of ``event_id`` used in keys: itself, or its hash when long or odd.
+
+    Odd: holding a separator of the scripts' arguments, or not encodable as UTF-8.
+    """
     if len(event_id) > MAX_ID_LENGTH or "\n" in event_id or "\t" in event_id:
-        return "sha256:" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+        return _hashed(event_id)
+    if not event_id.isascii():
+        try:
+            event_id.encode("utf-8")
+        except UnicodeEncodeError:
+            return _hashed(event_id)
     return event_id
+
+
+def _hashed(event_id: str) -> str:
+    return "sha256:" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()

@@ -57,6 +57,7 @@ from core.streaming.reliability.dedup_scripts import (
     WARN_INTERVAL_S,
     ClaimResult,
     DedupUnavailableError,
+    id_array,
     key_id,
 )
 from core.streaming.reliability.done_cache import DoneCache
@@ -80,18 +81,6 @@ logger = logging.getLogger(__name__)
 FailurePolicy = Literal["fail_open", "fail_closed"]
 
 _STORE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_CLIENT_ERRORS, *REDIS_ERRORS)
-
-
-def _id_lines(event_ids: list[str]) -> str:
-    """The ids as one newline-separated script argument (long or odd ones hashed)."""
-    joined = "\n".join(event_ids)
-    if (
-        "\t" not in joined
-        and joined.count("\n") == len(event_ids) - 1
-        and max(map(len, event_ids)) <= MAX_ID_LENGTH
-    ):
-        return joined
-    return "\n".join([key_id(e) for e in event_ids])
 
 
 class DeduplicationManager:
@@ -302,7 +291,7 @@ class DeduplicationManager:
                         self.member,
                         partition,
                         generation,
-                        _id_lines([event_ids[i] for i in indexes]),
+                        id_array([event_ids[i] for i in indexes]),
                     ],
                 )
             )
@@ -459,7 +448,7 @@ class DeduplicationManager:
                 requests.append(
                     self._done_script(
                         keys=[self.claims_key(shard), self.done_key(shard, bucket)],
-                        args=[keep_ms, _id_lines(ids[n : n + _SCRIPT_IDS])],
+                        args=[keep_ms, id_array(ids[n : n + _SCRIPT_IDS])],
                     )
                 )
         try:

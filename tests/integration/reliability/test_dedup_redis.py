@@ -17,6 +17,7 @@ from core.streaming.reliability.deduplication_manager import (
 )
 from core.streaming.reliability.metrics_collector import MetricsCollector
 from tests.conftest import PrivateRedis
+from tests.unit.reliability.test_dedup_unit import ODD_IDS
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
 
@@ -31,6 +32,21 @@ async def two_clients(redis_url: str) -> AsyncIterator[tuple[Redis, Redis]]:
     yield first, second
     await first.aclose()
     await second.aclose()
+
+
+async def test_odd_ids_are_claimed_marked_and_skipped_on_real_redis(
+    two_clients: tuple[Redis, Redis], unique_name: str
+) -> None:
+    """Separators, quotes, backslashes, non-ASCII, long and non-UTF-8 ids in one batch."""
+    first = DeduplicationManager(two_clients[0], unique_name, local_cache_size=0)
+    second = DeduplicationManager(two_clients[1], unique_name, local_cache_size=0)
+    claimed = await first.claim_many(ODD_IDS)
+    assert set(claimed.values()) == {ClaimResult.CLAIMED}
+    assert set((await second.claim_many(ODD_IDS)).values()) == {ClaimResult.IN_PROGRESS}
+    await first.mark_done_many(ODD_IDS)
+    assert set((await second.claim_many(ODD_IDS)).values()) == {ClaimResult.DUPLICATE}
+    for event_id in ODD_IDS:
+        assert await second.is_duplicate(event_id), event_id
 
 
 async def test_racing_claims_have_exactly_one_winner(

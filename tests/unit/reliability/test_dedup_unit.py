@@ -7,12 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 
 import fakeredis
+import orjson
 import pytest
 from pydantic import SecretStr
 
 from core.config.settings import RedisSettings
 from core.streaming.clients import Redis, create_redis
 from core.streaming.errors import RetryableError
+from core.streaming.reliability.dedup_scripts import id_array, key_id
 from core.streaming.reliability.deduplication_manager import (
     ClaimResult,
     DeduplicationManager,
@@ -304,9 +306,27 @@ def test_rejects_bad_configuration(client: Redis) -> None:
         manager(client, failure_policy="ignore")
 
 
-@pytest.mark.parametrize("odd", ["with\nnewline", "plain"])
+ODD_IDS = [
+    "plain",
+    "with\nnewline",
+    "with\ttab",
+    'with"quote',
+    "with\\backslash",
+    "\u00fcn\u00efc\u00f6d\u00e9 \u6f22\u5b57",
+    "x" * 300,
+    "lone\ud800surrogate",
+]
+
+
+def test_the_script_argument_holds_each_id_in_its_key_form() -> None:
+    assert orjson.loads(id_array(ODD_IDS)) == [key_id(e) for e in ODD_IDS]
+    assert orjson.loads(id_array(["a", "b"])) == ["a", "b"]
+    assert key_id("x" * 300).startswith("sha256:") and key_id("lone\ud800").startswith("sha256:")
+
+
+@pytest.mark.parametrize("odd", ODD_IDS)
 async def test_batch_paths_agree_whatever_the_ids(client: Redis, odd: str) -> None:
-    """Odd ids (a newline) are hashed into their keys and behave like any other."""
+    """Odd ids (separators, quotes, long, not UTF-8) behave like any other."""
     dedup = DeduplicationManager(client, "svc", consumer_group="g", local_cache_size=0)
     ids = ["a", odd, "b"]
     assert set((await dedup.claim_many(ids)).values()) == {ClaimResult.CLAIMED}
