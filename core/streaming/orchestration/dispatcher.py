@@ -23,13 +23,13 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 
 from core.config.settings import OrderingMode
 from core.streaming.infrastructure.closing import raise_if_cancelled
 from core.streaming.infrastructure.consumed_message import ConsumedMessage
 from core.streaming.orchestration.key_queue import KeyQueue
+from core.streaming.orchestration.run_queue import RunQueue
 from core.streaming.types import TopicPartition
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class _Lane:
 
     def __init__(self, name: Hashable, dispatcher: Dispatcher) -> None:
         self.name = name
-        self.queue: deque[ConsumedMessage] = deque()
+        self.queue = RunQueue()
         self.run: list[ConsumedMessage] = []
         #: Key ordering: the keys of the run (running on this lane until it ends),
         #: and whether the lane waits for keys to run.
@@ -62,7 +62,7 @@ class _Lane:
         self.task = asyncio.create_task(self._work(), name=f"lane-{name}")
 
     def push(self, message: ConsumedMessage) -> None:
-        self.queue.append(message)
+        self.queue.extend([message])
         self._wakeup.set()
 
     async def _work(self) -> None:
@@ -86,11 +86,7 @@ class _Lane:
                 while not queue:
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                if len(queue) <= dispatcher.max_run:
-                    run = list(queue)
-                    queue.clear()
-                else:
-                    run = [queue.popleft() for _ in range(dispatcher.max_run)]
+                run = queue.take(dispatcher.max_run)
             self.run = run
             started = time.monotonic()
             try:
@@ -262,7 +258,7 @@ class Dispatcher:
         requeue = [m for m in run if m.outcome is None and keeps(m)]
         if requeue:
             if self.keyed is None:
-                lane.queue.extendleft(reversed(requeue))
+                lane.queue.extendleft(requeue)
             leaving = [m for m in run if not (m.outcome is None and keeps(m))]
         else:
             leaving = run
@@ -288,8 +284,7 @@ class Dispatcher:
         logger.error("lane crashed on %s", where, exc_info=exc)
         if self.crashed is None:
             self.crashed = exc
-        orphans = [*lane.run, *lane.queue]
-        lane.queue.clear()
+        orphans = [*lane.run, *lane.queue.clear()]
         if self.keyed is not None:
             # The lane's keys stay with it: their waiting messages cannot run here.
             keys = set(lane.keys)
@@ -317,13 +312,11 @@ class Dispatcher:
             )
         for lane in self._lanes.values():
             if partitions is None:
-                dropped.extend(lane.queue)
-                lane.queue.clear()
+                dropped.extend(lane.queue.clear())
                 continue
             keep: list[ConsumedMessage] = []
-            for message in lane.queue:
+            for message in lane.queue.clear():  # in place: the worker holds this queue
                 (dropped if message.topic_partition in partitions else keep).append(message)
-            lane.queue.clear()  # in place: the worker holds this deque
             lane.queue.extend(keep)
         if dropped:
             self._left(dropped)
@@ -377,7 +370,7 @@ class Dispatcher:
         left: list[ConsumedMessage] = []
         for lane in lanes:
             left.extend(lane.run)
-            left.extend(lane.queue)
+            left.extend(lane.queue.clear())
             lane.task.cancel()
         if self.keyed is not None:
             left.extend(self.keyed.clear())

@@ -8,6 +8,7 @@ import orjson
 
 from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
 from core.streaming.orchestration.dispatcher import Dispatcher
+from core.streaming.orchestration.run_queue import RunQueue
 from core.streaming.types import TopicPartition
 
 
@@ -156,3 +157,18 @@ async def test_a_crashing_lane_orphans_its_run_and_queue() -> None:
     assert isinstance(dispatcher.crashed, RuntimeError)
     assert sorted(m.offset for m in dispatcher.take_orphaned()) == [0, 1, 2]
     await dispatcher.close()
+
+
+def test_a_run_queue_hands_out_runs_across_and_within_chunks() -> None:
+    queue = RunQueue()
+    queue.extend(_messages(0, 3))
+    queue.extend(_messages(1, 4))
+    assert len(queue) == 7
+    first = queue.take(5)
+    assert [(m.partition, m.offset) for m in first] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    queue.extendleft(first[3:])  # a cut-short run goes back in front
+    assert [(m.partition, m.offset) for m in queue.take(2)] == [(1, 0), (1, 1)]
+    assert [m.offset for m in queue.take(10)] == [2, 3]
+    assert len(queue) == 0 and queue.take(10) == []
+    queue.extend(_messages(2, 2))
+    assert [m.offset for m in queue.clear()] == [0, 1] and not queue
