@@ -37,6 +37,7 @@ from bench_common import (
     write_results,
 )
 
+from core.streaming.orchestration.lifecycle_coordinator import serving_gc
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
 
 
@@ -101,7 +102,8 @@ async def run_setting(args: argparse.Namespace, topic: str, concurrency: int) ->
     )
     await service.start()
     try:
-        await asyncio.wait_for(done.wait(), args.timeout)
+        with serving_gc():  # as `tradestream run` serves
+            await asyncio.wait_for(done.wait(), args.timeout)
     finally:
         await service.stop()
     ordered = all(seqs == sorted(seqs) for seqs in seen.values())

@@ -39,6 +39,7 @@ from bench_common import (
 )
 
 from core.streaming.infrastructure.message_producer import MessageProducer
+from core.streaming.orchestration.lifecycle_coordinator import serving_gc
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
 
 
@@ -62,7 +63,8 @@ async def child(args: argparse.Namespace) -> None:
     await service.start()
     print("ready", flush=True)
     try:
-        await asyncio.wait_for(done.wait(), args.seconds + 60)
+        with serving_gc():  # as `tradestream run` serves
+            await asyncio.wait_for(done.wait(), args.seconds + 60)
     finally:
         await service.stop()
     skip = int(args.rate * args.warmup)

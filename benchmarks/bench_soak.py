@@ -36,6 +36,7 @@ from bench_common import (
 )
 
 from core.streaming.infrastructure.message_producer import MessageProducer
+from core.streaming.orchestration.lifecycle_coordinator import serving_gc
 from core.streaming.patterns.stream_service_builder import StreamServiceBuilder
 
 
@@ -64,7 +65,8 @@ async def child(args: argparse.Namespace) -> None:
     await service.start()
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.read)
+    with serving_gc():  # as `tradestream run` serves
+        await loop.run_in_executor(None, sys.stdin.read)
     await service.stop()
 
 

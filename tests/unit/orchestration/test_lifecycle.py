@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 
 import pytest
 
 from core.streaming.orchestration.lifecycle_coordinator import (
+    SERVING_GC_THRESHOLD,
     ComponentStartError,
     LifecycleCoordinator,
     Stage,
+    serving_gc,
 )
 from core.streaming.orchestration.service_orchestrator import ServiceOrchestrator
 
@@ -113,3 +116,20 @@ async def test_orchestrator_stop_before_start_and_twice_is_harmless() -> None:
     await orchestrator.stop()
     await orchestrator.stop()
     assert (await orchestrator.health())["status"] == "stopped"
+
+
+async def test_serve_collects_young_objects_less_often_and_restores_the_threshold() -> None:
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+
+    async def until() -> None:
+        seen.append(gc.get_threshold())
+
+    coordinator = LifecycleCoordinator("svc")
+    coordinator.register("a", Recorder("a", []), Stage.LOOPS)
+    await coordinator.serve(until(), install_signal_handlers=False)
+    assert seen == [(max(SERVING_GC_THRESHOLD, before[0]), *before[1:])]
+    assert gc.get_threshold() == before
+    with serving_gc(None):
+        assert gc.get_threshold() == before  # None leaves it alone
+    gc.unfreeze()
