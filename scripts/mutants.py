@@ -42,13 +42,13 @@ MUTANTS = [
     ),
     Mutant(
         "dedup: an id found done is not a duplicate",
-        "core/streaming/reliability/deduplication_manager.py",
+        "core/streaming/reliability/dedup_store.py",
         '                elif flag == "D":',
         '                elif flag == "D" and False:',
     ),
     Mutant(
         "dedup: an id held elsewhere counts as claimed",
-        "core/streaming/reliability/deduplication_manager.py",
+        "core/streaming/reliability/dedup_store.py",
         '                if flag == "C" or flag == "T":',
         '                if flag in "CTP":',
     ),
@@ -59,10 +59,10 @@ MUTANTS = [
         "                or message.attempts > self.max_attempts",
     ),
     Mutant(
-        "key lanes: a key is not kept on its lane",
-        "core/streaming/orchestration/dispatcher.py",
-        "        if bound is not None:\n            bound[1] += 1",
-        "        if bound is not None and False:\n            bound[1] += 1",
+        "key lanes: a key taken by a lane does not count as running",
+        "core/streaming/orchestration/key_queue.py",
+        "            running.add(key)\n",
+        "            pass\n",
     ),
     Mutant(
         "backpressure: resume at the full bound instead of at half",

@@ -1,0 +1,425 @@
+"""The dedup store: batches of event ids claimed, completed and released in Redis.
+
+An event id of one service and consumer group is, in Redis:
+
+- *unknown*: nobody has handled it (or its record aged out);
+- *claimed*: a field of the shard's claims hash holds ``<deadline>|<token>``, the
+  token being ``p|<member>|<topic:partition>|<generation>|<n>``, one per claim
+  call (the ids of one call are distinct), so two lanes of one process are as
+  distinct as two processes. It lapses at its deadline (``processing_ttl_ms``
+  after it was made or last renewed; the flow renews what it holds while the
+  handler runs);
+- *done*: a member of the shard's done set of the current or the previous time
+  bucket (buckets are ``ttl_seconds`` long), so an id counts as handled for
+  between ``ttl_seconds`` and twice that.
+
+Keeping ids in a few hashes and sets instead of a key per id is what makes a
+batch cheap for Redis: a claim is one script call per shard and partition (two
+set lookups, one hash lookup and one hash write per id), a done mark one script
+call per shard (a set add and a hash delete per id); the ids travel as one JSON
+array. Keys carry a hash tag per shard (``dedup:{<service>:<group>:<shard>}:...``),
+so every script touches one slot and runs on a Redis Cluster as well; ``shards``
+spreads a busy flow over masters.
+
+A claim left on a partition by a member of an older group generation is taken
+over at once by the partition's new owner; a live claim elsewhere is waited for.
+Ids longer than ``MAX_ID_LENGTH``, holding separators or not valid UTF-8 are
+replaced by their SHA-256. A bounded local cache (:mod:`done_cache`) remembers
+ids known to be done, each entry expiring no later than its Redis record
+(monotonic clock).
+
+When Redis is unreachable or answers with an error (READONLY, OOM, LOADING),
+``failure_policy`` decides: ``fail_open`` runs the handler without dedup
+(``ClaimResult.BYPASSED``, counted and logged); ``fail_closed`` raises
+:class:`DedupUnavailableError` so the caller pauses and retries. Either way no
+message is dropped. :class:`~core.streaming.reliability.deduplication_manager.DeduplicationManager`
+adds the plan's one-id API on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+from core.streaming.clients import REDIS_ERRORS, TRANSIENT_CLIENT_ERRORS, Redis
+from core.streaming.reliability.dedup_scripts import (
+    _CLAIM_SCRIPT,
+    _DONE_SCRIPT,
+    _HELD_SCRIPT,
+    _PEEK_CLAIM_SCRIPT,
+    _SCRIPT_IDS,
+    CLAIM_PREFIX,
+    DEFAULT_GROUP,
+    KEY_PREFIX,
+    WARN_INTERVAL_S,
+    ClaimResult,
+    DedupUnavailableError,
+    id_array,
+    key_id,
+)
+from core.streaming.reliability.done_cache import DoneCache
+from core.streaming.reliability.sensors import Sensor
+
+logger = logging.getLogger(__name__)
+
+FailurePolicy = Literal["fail_open", "fail_closed"]
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_CLIENT_ERRORS, *REDIS_ERRORS)
+
+
+class DedupStore:
+    """Claims, completes and releases batches of event ids in Redis for one service and group.
+
+    ``ttl_seconds`` is how long a done id is remembered (at least; at most twice
+    that); ``processing_ttl_ms`` how long an unrenewed claim lives; ``shards``
+    how many claims hashes and done sets the ids spread over (one per hash slot
+    on a cluster); ``clock`` is the monotonic clock that ages the local cache,
+    ``wall_clock`` picks the time bucket of done sets. ``sensor`` is told about
+    store outages and taken-over claims.
+    """
+
+    def __init__(
+        self,
+        redis_client: Redis,
+        service_name: str,
+        ttl_seconds: int = 3600,
+        *,
+        consumer_group: str | None = None,
+        processing_ttl_ms: int = 60_000,
+        local_cache_size: int = 10_000,
+        failure_policy: FailurePolicy = "fail_open",
+        shards: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        metrics: Any = None,
+        sensor: Sensor | None = None,
+    ) -> None:
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        if processing_ttl_ms <= 0:
+            raise ValueError("processing_ttl_ms must be positive")
+        if failure_policy not in ("fail_open", "fail_closed"):
+            raise ValueError(f"unknown failure_policy {failure_policy!r}")
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
+        self.redis_client = redis_client
+        self.service_name = service_name
+        self.consumer_group = consumer_group or DEFAULT_GROUP
+        self.ttl_seconds = ttl_seconds
+        self.processing_ttl_ms = processing_ttl_ms
+        self.local_cache_size = local_cache_size
+        self.failure_policy: FailurePolicy = failure_policy
+        self.shards = shards
+        if sensor is None and metrics is not None:
+            sensor = metrics.for_flow(self.consumer_group)
+        self.sensor = sensor or Sensor()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._tags = [
+            f"{KEY_PREFIX}:{{{service_name}:{self.consumer_group}:{n}}}" for n in range(shards)
+        ]
+        self.member = uuid.uuid4().hex
+        self._next_token = 0
+        self._held: dict[str, str] = {}  # single-id API: event id -> our token
+        self._local = DoneCache(local_cache_size)
+        self._claim_script = redis_client.register_script(_CLAIM_SCRIPT)
+        self._held_script = redis_client.register_script(_HELD_SCRIPT)
+        self._done_script = redis_client.register_script(_DONE_SCRIPT)
+        self._peek_claim_script = redis_client.register_script(_PEEK_CLAIM_SCRIPT)
+        self._last_warning: float | None = None
+        self._suppressed_warnings = 0
+        self.unavailable_count = 0
+        self.taken_over = 0
+
+    # ------------------------------------------------------------------ keys, cache
+
+    def shard_of(self, event_id: str) -> int:
+        """The shard holding ``event_id`` (the same in every process)."""
+        if self.shards == 1:
+            return 0
+        return zlib.crc32(key_id(event_id).encode("utf-8", "surrogatepass")) % self.shards
+
+    def claims_key(self, shard: int) -> str:
+        """The claims hash of a shard."""
+        return f"{self._tags[shard]}:claims"
+
+    def done_key(self, shard: int, bucket: int) -> str:
+        """The done set of a shard for one time bucket."""
+        return f"{self._tags[shard]}:done:{bucket}"
+
+    def current_bucket(self) -> int:
+        """The time bucket done ids are written to now."""
+        return int(self._wall_clock() // self.ttl_seconds)
+
+    def _done_lifetime(self, bucket: int) -> float:
+        """Seconds an id found done now is still certainly remembered (to bucket's end)."""
+        return max(0.0, (bucket + 1) * self.ttl_seconds - self._wall_clock())
+
+    def key_for(self, event_id: str) -> str:
+        """Where ``event_id``'s claim lives: the claims hash of its shard."""
+        return self.claims_key(self.shard_of(event_id))
+
+    def _cache_hit(self, event_id: str) -> bool:
+        return self._local.hit(event_id, self._clock())
+
+    def _cache_add(self, event_ids: Iterable[str], expires_at: float) -> None:
+        self._local.add(event_ids, expires_at)
+
+    def cached(self, event_id: str) -> bool:
+        """True when the local cache knows ``event_id`` is done (no round trip)."""
+        return self._cache_hit(event_id)
+
+    @property
+    def local_cache_len(self) -> int:
+        """Entries in the local cache, expired ones included until looked up."""
+        return len(self._local)
+
+    # ------------------------------------------------------------------ unavailability
+
+    def _unavailable(
+        self, operation: str, exc: BaseException, n: int, *, may_raise: bool = True
+    ) -> None:
+        """Count and log (rate-limited) a failed round trip; raise under fail_closed."""
+        self.unavailable_count += n
+        self.sensor.on_dedup_unavailable(n)
+        now = self._clock()
+        if self._last_warning is None or now - self._last_warning >= WARN_INTERVAL_S:
+            logger.warning(
+                "dedup store unreachable or failing during %s (%s: %s); policy %s; "
+                "%d similar warnings suppressed",
+                operation,
+                type(exc).__name__,
+                exc,
+                self.failure_policy,
+                self._suppressed_warnings,
+            )
+            self._last_warning = now
+            self._suppressed_warnings = 0
+        else:
+            self._suppressed_warnings += 1
+        if may_raise and self.failure_policy == "fail_closed":
+            raise DedupUnavailableError(
+                f"dedup store failed during {operation}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    # ------------------------------------------------------------------ claims
+
+    def _spread(
+        self, event_ids: Sequence[str], results: list[tuple[ClaimResult, str | None]]
+    ) -> dict[int, list[int]]:
+        """Indexes of the ids to ask the store about, per shard.
+
+        Ids the local cache knows are done keep their ``DUPLICATE`` result; an id
+        repeated in the batch gets ``HELD_HERE`` after its first occurrence.
+        """
+        by_shard: dict[int, list[int]] = {}
+        first_seen: set[str] = set()
+        local, now = self._local, self._clock()
+        for i, event_id in enumerate(event_ids):
+            if local.hit(event_id, now):
+                continue
+            if event_id in first_seen:
+                results[i] = (ClaimResult.HELD_HERE, None)
+                continue
+            first_seen.add(event_id)
+            by_shard.setdefault(self.shard_of(event_id), []).append(i)
+        return by_shard
+
+    async def claim_batch(
+        self, event_ids: Sequence[str], *, partition: str = "", generation: int = -1
+    ) -> list[tuple[ClaimResult, str | None]]:
+        """Claim ids of one partition; one (result, token) per id, in order.
+
+        One script call per shard, pipelined. ``partition`` (``topic:partition``)
+        and ``generation`` (the group generation of our assignment of it) let a
+        new owner take over claims a previous owner of the partition left;
+        ``generation`` -1 never takes over. An id repeated in the batch gets
+        ``HELD_HERE`` after its first occurrence.
+        """
+        count = len(event_ids)
+        results: list[tuple[ClaimResult, str | None]] = [(ClaimResult.DUPLICATE, None)] * count
+        distinct = set(event_ids)
+        if self.shards == 1 and len(distinct) == count and self._local.disjoint(distinct):
+            # The usual batch: one shard, distinct ids, none known done here.
+            by_shard: dict[int, list[int]] = {0: list(range(count))} if count else {}
+        else:
+            by_shard = self._spread(event_ids, results)
+        if not by_shard:
+            return results
+        # Lua unpacks the ids onto its stack: at most _SCRIPT_IDS per call.
+        chunks = [
+            (shard, indexes[n : n + _SCRIPT_IDS])
+            for shard, indexes in by_shard.items()
+            for n in range(0, len(indexes), _SCRIPT_IDS)
+        ]
+        base = f"{CLAIM_PREFIX}{self.member}|{partition}|{generation}|"
+        bucket = self.current_bucket()
+        sent_at = self._clock()
+        calls: list[tuple[list[int], str]] = []
+        requests = []
+        for shard, indexes in chunks:
+            number = self._next_token
+            self._next_token += 1
+            calls.append((indexes, f"{base}{number}"))
+            requests.append(
+                self._claim_script(
+                    keys=[
+                        self.claims_key(shard),
+                        self.done_key(shard, bucket),
+                        self.done_key(shard, bucket - 1),
+                    ],
+                    args=[
+                        self.processing_ttl_ms,
+                        base,
+                        number,
+                        self.member,
+                        partition,
+                        generation,
+                        id_array([event_ids[i] for i in indexes]),
+                    ],
+                )
+            )
+        try:
+            # One script call per shard, concurrent (a pipeline would ask Redis
+            # whether its scripts are loaded first: one more round trip each time).
+            replies = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
+        except STORE_ERRORS as exc:
+            self._unavailable("claim", exc, sum(len(indexes) for indexes, _ in calls))
+            for indexes in by_shard.values():
+                for i in indexes:
+                    results[i] = (ClaimResult.BYPASSED, None)
+            return results
+        done: list[str] = []
+        taken = 0
+        for (indexes, token), flags in zip(calls, replies, strict=True):
+            text = flags.decode() if isinstance(flags, bytes) else flags
+            if len(text) != len(indexes):
+                raise ValueError(f"claim script answered {len(text)} flags for {len(indexes)} ids")
+            if text.count("C") == len(text):
+                claimed = (ClaimResult.CLAIMED, token)
+                for i in indexes:
+                    results[i] = claimed
+                continue
+            for i, flag in zip(indexes, text, strict=True):
+                if flag == "C" or flag == "T":
+                    results[i] = (ClaimResult.CLAIMED, token)
+                    taken += flag == "T"
+                elif flag == "D":
+                    results[i] = (ClaimResult.DUPLICATE, None)
+                    done.append(event_ids[i])
+                elif flag == "H":
+                    results[i] = (ClaimResult.HELD_HERE, None)
+                else:
+                    results[i] = (ClaimResult.IN_PROGRESS, None)
+        if done:
+            self._cache_add(done, sent_at + self._done_lifetime(bucket))
+        if taken:
+            self.taken_over += taken
+            self.sensor.on_claims_taken_over(taken)
+            logger.warning(
+                "took over %d dedup claim(s) a previous owner of %s left behind",
+                taken,
+                partition,
+            )
+        return results
+
+    # ------------------------------------------------------------------ held claims
+
+    async def renew(self, claims: Sequence[tuple[str, str]]) -> list[bool]:
+        """Extend held claims ``(event_id, token)`` by ``processing_ttl_ms``; one flag each.
+
+        False means the claim is no longer ours (it lapsed, or a new owner of the
+        partition took it over). Under ``fail_open`` an unreachable store counts
+        as renewed; under ``fail_closed`` it raises.
+        """
+        return await self._held_call("renew", claims, self.processing_ttl_ms)
+
+    async def release_claims(self, claims: Sequence[tuple[str, str]]) -> None:
+        """Drop held claims ``(event_id, token)`` so a retry or redelivery can run them.
+
+        Only claims still holding our token are dropped, never another worker's.
+        An unreachable store is logged, not raised: the claims then lapse.
+        """
+        await self._held_call("release", claims, 0, may_raise=False)
+
+    async def _held_call(
+        self, operation: str, claims: Sequence[tuple[str, str]], ms: int, *, may_raise: bool = True
+    ) -> list[bool]:
+        if not claims:
+            return []
+        by_shard: dict[int, list[int]] = {}
+        for i, (event_id, _) in enumerate(claims):
+            by_shard.setdefault(self.shard_of(event_id), []).append(i)
+        requests = []
+        for shard, indexes in by_shard.items():
+            lines = "\n".join([f"{key_id(claims[i][0])}\t{claims[i][1]}" for i in indexes])
+            requests.append(self._held_script(keys=[self.claims_key(shard)], args=[ms, lines]))
+        try:
+            replies = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
+        except STORE_ERRORS as exc:
+            self._unavailable(operation, exc, len(claims), may_raise=may_raise)
+            return [True] * len(claims)
+        flags = [False] * len(claims)
+        for indexes, reply in zip(by_shard.values(), replies, strict=True):
+            text = reply.decode() if isinstance(reply, bytes) else reply
+            for i, flag in zip(indexes, text, strict=True):
+                flags[i] = flag == "1"
+        return flags
+
+    # ------------------------------------------------------------------ completion
+
+    async def mark_done_many(self, event_ids: Sequence[str]) -> None:
+        """Record a batch of ids as handled (one pipelined round trip) and drop their claims.
+
+        When the store fails the ids are still remembered in the local cache;
+        then nothing else happens under ``fail_open``, and ``fail_closed`` raises
+        :class:`DedupUnavailableError` so the caller retries before committing.
+        """
+        if not event_ids:
+            return
+        sent_at = self._clock()
+        bucket = self.current_bucket()
+        by_shard: dict[int, list[str]] = {}
+        if self.shards == 1:
+            by_shard[0] = list(event_ids)
+        else:
+            for event_id in event_ids:
+                by_shard.setdefault(self.shard_of(event_id), []).append(event_id)
+        # Kept long enough to be the previous bucket for a whole bucket.
+        keep_ms = 2 * self.ttl_seconds * 1000 + 60_000
+        requests = []
+        for shard, ids in by_shard.items():
+            for n in range(0, len(ids), _SCRIPT_IDS):
+                requests.append(
+                    self._done_script(
+                        keys=[self.claims_key(shard), self.done_key(shard, bucket)],
+                        args=[keep_ms, id_array(ids[n : n + _SCRIPT_IDS])],
+                    )
+                )
+        try:
+            if len(requests) == 1:
+                await requests[0]
+            else:
+                await asyncio.gather(*requests)
+        except STORE_ERRORS as exc:
+            self._cache_add(event_ids, sent_at + self.ttl_seconds)
+            self._unavailable("mark_done", exc, len(event_ids))
+            return
+        if self._held:
+            for event_id in event_ids:
+                self._held.pop(event_id, None)
+        self._cache_add(event_ids, sent_at + self.ttl_seconds)
+
+    def health(self) -> dict[str, Any]:
+        """Counters for a health report."""
+        return {
+            "failure_policy": self.failure_policy,
+            "local_cache": len(self._local),
+            "unavailable": self.unavailable_count,
+            "claims_taken_over": self.taken_over,
+        }
