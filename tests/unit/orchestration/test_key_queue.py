@@ -10,6 +10,7 @@ import orjson
 from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outcome
 from core.streaming.orchestration.dispatcher import Dispatcher
 from core.streaming.orchestration.key_queue import KeyQueue
+from core.streaming.types import TopicPartition
 
 
 def _message(key: str, offset: int, partition: int = 0) -> ConsumedMessage:
@@ -139,3 +140,61 @@ def _sleepy(sizes: list[int]) -> Callable[[list[ConsumedMessage]], Awaitable[Non
             m.outcome = Outcome.HANDLED
 
     return process
+
+
+async def test_key_lanes_drop_and_abandon_a_leaving_partition() -> None:
+    started = asyncio.Event()
+    cancelled: list[int] = []
+    handled: list[tuple[int, int]] = []
+
+    async def process(run: list[ConsumedMessage]) -> None:
+        for m in run:
+            if m.partition == 0:
+                started.set()
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    cancelled.append(m.offset)
+                    raise
+            handled.append((m.partition, m.offset))
+            m.outcome = Outcome.HANDLED
+
+    revoked: set[TopicPartition] = set()
+    dispatcher = Dispatcher(
+        process,
+        ordering="key",
+        concurrency=2,
+        max_run=1,
+        keeps=lambda m: m.topic_partition not in revoked,
+    )
+    dispatcher.submit_many([_message("a", n, partition=0) for n in range(3)])
+    await asyncio.wait_for(started.wait(), 5)
+    tp = TopicPartition("in", 0)
+    revoked.add(tp)
+    assert dispatcher.busy_with({tp})
+    dropped = dispatcher.drop_queued({tp})
+    assert [m.offset for m in dropped] == [1, 2]  # waiting behind the running key
+    assert dispatcher.abandon({tp}) == 1
+    assert await dispatcher.wait_partitions({tp}, 5)
+    assert cancelled == [0] and dispatcher.in_flight == 0
+    # The key was released with its lane: new work of other partitions still runs.
+    dispatcher.submit_many([_message("a", 5, partition=1), _message("b", 6, partition=1)])
+    assert await dispatcher.wait_idle(5)
+    assert sorted(handled) == [(1, 5), (1, 6)]
+    await dispatcher.close()
+
+
+async def test_a_crashing_key_lane_orphans_its_run_and_its_keys_waiting_messages() -> None:
+    async def process(run: list[ConsumedMessage]) -> None:
+        if any(m.key == b"bad" for m in run):
+            raise RuntimeError("outside the reliability path")
+        await asyncio.sleep(0.01)
+        for m in run:
+            m.outcome = Outcome.HANDLED
+
+    dispatcher = Dispatcher(process, ordering="key", concurrency=2, max_run=1)
+    dispatcher.submit_many([_message("bad", 0), _message("bad", 1), _message("ok", 2)])
+    assert await dispatcher.wait_idle(5)
+    assert isinstance(dispatcher.crashed, RuntimeError)
+    assert sorted(m.offset for m in dispatcher.take_orphaned()) == [0, 1]
+    assert await dispatcher.close() == []
