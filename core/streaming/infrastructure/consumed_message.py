@@ -43,6 +43,22 @@ FINAL_OUTCOMES = frozenset(
 LEFT_FLOW = frozenset({Outcome.DEAD_LETTERED, Outcome.RETRY_SCHEDULED})
 
 
+def envelope_id(value: dict[str, Any] | None) -> str | None:
+    """The ``id`` of a value with an envelope's shape (id, type, source, data), else ``None``."""
+    if value is None:
+        return None
+    event_id = value.get("id")
+    if (
+        type(event_id) is str
+        and event_id
+        and type(value.get("type")) is str
+        and type(value.get("source")) is str
+        and type(value.get("data")) is dict
+    ):
+        return event_id
+    return None
+
+
 class ConsumedMessage:
     """One fetched record: where it came from, its bytes, its value and its delivery state.
 
@@ -182,17 +198,7 @@ class ConsumedMessage:
     @property
     def is_envelope(self) -> bool:
         """True when the value has an envelope's shape: id, type, source and data."""
-        value = self.value
-        if value is None:
-            return False
-        event_id = value.get("id")
-        return (
-            type(event_id) is str
-            and event_id != ""
-            and type(value.get("type")) is str
-            and type(value.get("source")) is str
-            and type(value.get("data")) is dict
-        )
+        return envelope_id(self.value) is not None
 
     @property
     def event_id(self) -> str | None:
@@ -201,10 +207,7 @@ class ConsumedMessage:
         A foreign JSON object that happens to carry an ``id`` field has no event
         id: it is never taken for a duplicate of a different message.
         """
-        if not self.is_envelope:
-            return None
-        event_id: str = self.value["id"]  # type: ignore[index]
-        return event_id
+        return envelope_id(self.value)
 
     def header(self, name: str) -> bytes | None:
         """The last header called ``name`` (``None`` when absent or null)."""

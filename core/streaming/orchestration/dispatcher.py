@@ -6,8 +6,8 @@ processes it with one call. The ordering mode decides which lane a message takes
 
 - ``partition``: one lane per partition (a partition's messages in order);
 - ``key``: ``concurrency`` lanes over one :class:`KeyQueue`; a free lane takes
-  the oldest keys no other lane is running, so equal keys keep their order,
-  different keys run in parallel, and no lane idles while keys wait;
+  keys no other lane is running (most waiting first), so equal keys keep their
+  order, different keys run in parallel, and no lane idles while keys wait;
 - ``unordered``: ``concurrency`` lanes fed round-robin.
 
 After a run, its messages without an outcome (a run cut short) go back to the

@@ -27,7 +27,12 @@ from tenacity import (
 )
 
 from core.streaming.infrastructure.closing import raise_if_cancelled
-from core.streaming.infrastructure.consumed_message import LEFT_FLOW, ConsumedMessage, Outcome
+from core.streaming.infrastructure.consumed_message import (
+    LEFT_FLOW,
+    ConsumedMessage,
+    Outcome,
+    envelope_id,
+)
 from core.streaming.reliability.deduplication_manager import (
     ClaimResult,
     DeduplicationManager,
@@ -47,23 +52,6 @@ _WAIT_LOG_INTERVAL_S = 10.0
 
 
 _DONE_HERE = frozenset({Outcome.HANDLED, Outcome.DUPLICATE})
-
-
-def _envelope_id(message: ConsumedMessage) -> str | None:
-    """:attr:`ConsumedMessage.event_id`, inlined for the claim loop."""
-    value = message.value
-    if value is None:
-        return None
-    event_id = value.get("id")
-    if (
-        type(event_id) is str
-        and event_id
-        and type(value.get("type")) is str
-        and type(value.get("source")) is str
-        and type(value.get("data")) is dict
-    ):
-        return event_id
-    return None
 
 
 class _StillHeld(Exception):
@@ -132,13 +120,13 @@ class DedupStep:
             for tp, messages in by_partition.items():
                 self.claim_ahead(messages, tp)
             return
-        identity = self.identity if self.dedup_key is not None else _envelope_id
+        keyed = self.dedup_key is not None
         items: list[tuple[ConsumedMessage, str]] = []
         task: asyncio.Task[None] | None = None
         for message in batch:
             if message.decode_error is not None:
                 continue
-            event_id = identity(message)
+            event_id = self.identity(message) if keyed else envelope_id(message.value)
             if event_id is None:
                 continue
             if task is None:
