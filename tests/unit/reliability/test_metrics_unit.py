@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.streaming.reliability.metrics_collector import MetricsCollector
+from core.streaming.reliability.metrics_collector import DURATION_BUCKETS, MetricsCollector
 
 
 def samples(collector: MetricsCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -144,3 +144,18 @@ def test_default_group_label() -> None:
         "tradestream_commits_total",
         (("consumer_group", "default"), ("service", "svc")),
     ) in samples(m)
+
+
+def test_a_run_of_durations_lands_in_the_same_buckets_as_one_by_one() -> None:
+    edges = [b for bound in DURATION_BUCKETS for b in (bound * 0.999, bound, bound * 1.001)]
+    durations = [0.0, *edges, 100.0, 0.00001, 0.3, 0.3]
+    one_by_one, per_run = MetricsCollector("a"), MetricsCollector("b")
+    singles, run = one_by_one.durations("t", "g"), per_run.durations("t", "g")
+    for seconds in durations:
+        singles.observe(seconds)
+    run.observe_many(durations[:10])
+    run.observe_many(durations[10:])
+    run.observe_many([])
+    assert run.buckets == singles.buckets
+    assert run.count == singles.count == len(durations)
+    assert abs(run.total - singles.total) < 1e-9
