@@ -1,13 +1,14 @@
 """Messages waiting per key, handed to whichever lane is free: key order, no idle lanes.
 
 Used by the dispatcher for ``ordering="key"`` with ``concurrency`` above one. A
-key's messages wait in one queue of their own; a lane that is free takes the
-oldest *ready* keys (keys with waiting messages that no lane is running) and
-runs their messages. While a lane runs a key, the key's newer messages wait, so
-a key's messages run one after another in log order, on one lane at a time; but
-a key is bound to no lane in between, so lanes never sit idle while another
-lane has keys waiting (a key's next messages go to the first lane free). This is
-the shape of Confluent's Parallel Consumer key ordering.
+key's messages wait in one queue of their own; a lane that is free takes
+*ready* keys (keys with waiting messages that no lane is running), those with
+the most waiting first, and runs their messages. While a lane runs a key, the
+key's newer messages wait, so a key's messages run one after another in log
+order, on one lane at a time; but a key is bound to no lane in between, so lanes
+never sit idle while another lane has keys waiting (a key's next messages go to
+the first lane free). This is the shape of Confluent's Parallel Consumer key
+ordering.
 """
 
 from __future__ import annotations
