@@ -211,6 +211,13 @@ class MessageConsumer:
             state.finish_run(run)
         self._finished_since_commit += len(messages)
 
+    def finish_offsets(self, tp: TopicPartition, generation: int, offsets: list[int]) -> None:
+        """:meth:`mark_finished` for offsets of ``tp`` fetched in group ``generation``, in order."""
+        state = self._offsets.get(tp)
+        if state is not None and state.generation == generation and offsets:
+            state.finish_run(offsets)
+        self._finished_since_commit += len(offsets)
+
     def pending_offsets(
         self, partitions: set[TopicPartition] | None = None
     ) -> dict[TopicPartition, int]:

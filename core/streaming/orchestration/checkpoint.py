@@ -45,6 +45,7 @@ from core.streaming.infrastructure.transactions import PartitionTransactions
 from core.streaming.reliability.dedup_step import DedupStep
 from core.streaming.reliability.deduplication_manager import DedupUnavailableError
 from core.streaming.reliability.sensors import Sensor
+from core.streaming.reliability.settled_claims import RunKey, SettledRun
 from core.streaming.types import TopicPartition
 
 logger = logging.getLogger(__name__)
@@ -85,21 +86,34 @@ class Checkpoint:
     # ------------------------------------------------------------------ intake
 
     def add(self, batch: Sequence[ConsumedMessage]) -> list[ConsumedMessage]:
-        """Take the final messages of a finished run; returns the others (not final)."""
-        held = self.dedup.held if self.dedup is not None else None
-        if held is None:
-            outcomes = [m.outcome for m in batch]
-            if (
-                None not in outcomes
-                and Outcome.FAILED not in outcomes
-                and [m.outputs for m in batch].count(None) == len(batch)
-            ):
+        """Take the final messages of a finished run; returns the others (not final).
+
+        A handled message that sent nothing and holds a dedup claim waits only for
+        its done mark: it is kept as its offset and claim (:meth:`DedupStep.settle`),
+        not as a message, unless the flow is exactly-once.
+        """
+        dedup = self.dedup
+        outcomes = [m.outcome for m in batch]
+        if (
+            None not in outcomes
+            and Outcome.FAILED not in outcomes
+            and [m.outputs for m in batch].count(None) == len(batch)
+        ):
+            if dedup is None:
                 # The usual run without dedup: all final, nothing sent, finished at once.
                 self.consumer.finish_many(batch)
                 self._since_commit += len(batch)
                 return []
+            if self.transactions is None and outcomes.count(Outcome.HANDLED) == len(batch):
+                # The usual run with dedup: all handled, nothing sent; marks to write.
+                dedup.settle(batch)
+                self._since_commit += len(batch)
+                return []
+        held = dedup.held if dedup is not None else None
+        settle = dedup is not None and self.transactions is None
         window = self._window
         ready: list[ConsumedMessage] = []
+        settling: list[ConsumedMessage] = []
         unfinished: list[ConsumedMessage] = []
         for message in batch:
             outcome = message.outcome
@@ -107,26 +121,30 @@ class Checkpoint:
                 unfinished.append(message)
             elif message.outputs is None and (held is None or message not in held):
                 ready.append(message)
+            elif message.outputs is None and settle and outcome is Outcome.HANDLED:
+                settling.append(message)
             else:
                 window.append(message)
         self.consumer.finish_many(ready)
+        if settling and dedup is not None:
+            dedup.settle(settling)
         self._since_commit += len(batch) - len(unfinished)
         return unfinished
 
     @property
     def pending(self) -> int:
         """Final messages waiting for their outputs or done marks."""
-        return len(self._window)
+        return len(self._window) + (len(self.dedup.settled) if self.dedup is not None else 0)
 
     def due(self) -> bool:
         """True when the policy says to commit now."""
-        if not self._since_commit and not self._window:
+        if not self._since_commit and not self.pending:
             return False
         policy = self.policy
         return (
             policy.per_message
             or self._since_commit >= policy.every
-            or len(self._window) >= policy.every
+            or self.pending >= policy.every
             or (time.monotonic() - self._last_commit) * 1000 >= policy.interval_ms
         )
 
@@ -158,21 +176,28 @@ class Checkpoint:
             if self.transactions is not None:
                 return await self._commit_transactions(self.transactions, partitions, limit)
             window = self._take_window(partitions)
+            settled = self.dedup.settled.take(partitions) if self.dedup is not None else {}
             keep: list[ConsumedMessage] = []
             try:
-                ready = await asyncio.wait_for(self._settle(window, keep), limit)
+                ready = await asyncio.wait_for(self._settle(window, keep, settled), limit)
             except BaseException as exc:
                 # Nothing of this window is finished: it stays for the next commit
                 # (messages handed back to the error path are no longer final).
                 self._window.extend(m for m in window if m.outcome in FINAL_OUTCOMES)
+                if settled and self.dedup is not None:
+                    self.dedup.settled.put_back(settled)
                 if not isinstance(exc, TimeoutError):
                     raise
                 self._fail(TimeoutError(f"outputs or done marks not settled within {limit:g} s"))
-                ready = []
+                ready, settled = [], {}
             else:
                 self._window.extend(keep)
             # 3. finish what passed
             self.consumer.finish_many(ready)
+            for (topic, partition, generation), run in settled.items():
+                self.consumer.finish_offsets(
+                    TopicPartition(topic, partition), generation, run.offsets
+                )
             # 4. commit contiguous finished offsets
             offsets = self.consumer.pending_offsets(partitions)
             if not offsets:
@@ -297,9 +322,18 @@ class Checkpoint:
         self._unmarked = [m for m in self._unmarked if id(m) not in marked]
 
     async def _settle(
-        self, window: list[ConsumedMessage], keep: list[ConsumedMessage], *, marks: bool = True
+        self,
+        window: list[ConsumedMessage],
+        keep: list[ConsumedMessage],
+        settled: dict[RunKey, SettledRun] | None = None,
+        *,
+        marks: bool = True,
     ) -> list[ConsumedMessage]:
-        """Steps 1 and 2: the messages that may be finished; ``keep`` gets those to retry."""
+        """Steps 1 and 2: the messages that may be finished; ``keep`` gets those to retry.
+
+        ``settled`` runs are marked done in the same call; when that fails they go
+        back to the dedup step and ``settled`` is emptied (nothing of it finishes).
+        """
         # 1. outputs acknowledged
         with_outputs = [m for m in window if m.outputs]
         if with_outputs:
@@ -323,14 +357,17 @@ class Checkpoint:
         if marks and self.dedup is not None:
             held = self.dedup.held
             handled = [m for m in window if m in held and m.outcome is Outcome.HANDLED]
-            if handled:
+            if handled or settled:
                 try:
-                    await self.dedup.mark_done(handled)
+                    await self.dedup.mark_done(handled, settled)
                 except DedupUnavailableError as exc:
                     self._fail(exc)
                     unmarked = set(map(id, handled))
                     keep.extend(handled)
                     window = [m for m in window if id(m) not in unmarked]
+                    if settled:
+                        self.dedup.settled.put_back(settled)
+                        settled.clear()
         return window
 
     def _output_failed(self, message: ConsumedMessage, cause: BaseException) -> None:
@@ -370,6 +407,13 @@ class Checkpoint:
             dropped.extend(gone)
         return dropped
 
+    async def abandon(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Forget what will not be committed here (of ``partitions``) and give back its claims."""
+        dropped = self.drop(partitions)
+        if self.dedup is not None:
+            await self.dedup.release(dropped)
+            await self.dedup.release_settled(self.dedup.settled.take(partitions))
+
     def health(self) -> dict[str, Any]:
         """Window size and the last failure, for health reports."""
-        return {"pending": len(self._window), "last_error": self.last_error}
+        return {"pending": self.pending, "last_error": self.last_error}

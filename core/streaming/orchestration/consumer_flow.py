@@ -258,7 +258,7 @@ class ConsumerFlow:
             await self._cancel_recovery(partitions)
             await self.checkpoint.commit(partitions, timeout_s=max(0.5, deadline - loop.time()))
         finally:
-            await self._release(self.checkpoint.drop(partitions))
+            await self.checkpoint.abandon(partitions)
             if self.transactions is not None:
                 await self.transactions.close(partitions)
             self.sensor.on_partitions_revoked(partitions)
@@ -321,7 +321,7 @@ class ConsumerFlow:
             await self.checkpoint.settled()
             if self.consumer.is_running:
                 await self.checkpoint.commit()
-            await self._release(self.checkpoint.drop())
+            await self.checkpoint.abandon()
             if self.transactions is not None:
                 await self.transactions.close()
         finally:

@@ -39,6 +39,7 @@ from core.streaming.reliability.deduplication_manager import (
     DedupUnavailableError,
 )
 from core.streaming.reliability.sensors import Sensor
+from core.streaming.reliability.settled_claims import SettledClaims, SettledRun
 from core.streaming.reliability.steps import Batch, Next
 from core.streaming.types import TopicPartition
 
@@ -79,6 +80,8 @@ class DedupStep:
         self.generation_of = generation_of or (lambda tp: -1)
         #: Claims this flow holds: message -> (event id, token).
         self.held: dict[ConsumedMessage, tuple[str, str]] = {}
+        #: Claims of handled messages that left their run and wait for done marks.
+        self.settled = SettledClaims()
         self.waiting = 0
         self.store_failing = False
         # Claims still being made (a message's ``claim`` is its task meanwhile), and
@@ -165,23 +168,34 @@ class DedupStep:
             await self.dedup.release_claims(given_up)
 
     async def _with_store(self, call: Callable[[], Any]) -> Any:
-        """Run a store call; under ``fail_closed`` wait for the store with backoff."""
+        """Run a store call; under ``fail_closed`` wait for the store with backoff.
+
+        The first attempt runs outside tenacity: it is the one that succeeds at
+        full rate, and a retrying loop set up per call costs more than the call.
+        """
+        try:
+            return await self._store_attempt(call)
+        except DedupUnavailableError:
+            pass
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(DedupUnavailableError),
             wait=wait_exponential(multiplier=0.05, max=5.0),
             reraise=True,
         ):
             with attempt:
-                try:
-                    result = await call()
-                except DedupUnavailableError:
-                    self.store_failing = True
-                    raise_if_cancelled()
-                    raise
-                raise_if_cancelled()
-                self.store_failing = False
-                return result
+                return await self._store_attempt(call)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _store_attempt(self, call: Callable[[], Any]) -> Any:
+        try:
+            result = await call()
+        except DedupUnavailableError:
+            self.store_failing = True
+            raise_if_cancelled()
+            raise
+        raise_if_cancelled()
+        self.store_failing = False
+        return result
 
     # ------------------------------------------------------------------ in the chain
 
@@ -261,6 +275,9 @@ class DedupStep:
                                 break
                         if holder is not None:
                             raise _StillHeld  # the copy holding it has not finished yet
+                        if self.settled.holds(event_id):
+                            message.claim = ClaimResult.DUPLICATE  # handled here, mark on its way
+                            break
                     elif message.claim is ClaimResult.IN_PROGRESS and not foreign:
                         foreign = True
                         self._set_waiting(+1, message)
@@ -310,18 +327,36 @@ class DedupStep:
 
     # ------------------------------------------------------------------ after handling
 
-    async def mark_done(self, messages: Sequence[ConsumedMessage]) -> None:
-        """Write done marks of handled messages we claimed; only then forget their claims.
+    async def mark_done(
+        self,
+        messages: Sequence[ConsumedMessage],
+        settled: dict[Any, SettledRun] | None = None,
+    ) -> None:
+        """Write done marks of handled messages we claimed (and of ``settled`` runs), one call.
 
-        Raises :class:`DedupUnavailableError` under ``fail_closed`` when the store
+        Only once written are their claims forgotten. Raises
+        :class:`DedupUnavailableError` under ``fail_closed`` when the store
         fails: the marks stay to write, and the caller must not commit them.
         """
         held = self.held
         ids = [claim[0] for m in messages if (claim := held.get(m)) is not None]
+        if settled:
+            for run in settled.values():
+                ids.extend([claim[0] for claim in run.claims])
         if ids:
             await self.dedup.mark_done_many(ids)
         for message in messages:
             held.pop(message, None)
+
+    def settle(self, messages: Sequence[ConsumedMessage]) -> None:
+        """Keep only the offsets and claims of handled messages that sent nothing."""
+        self.settled.add(messages, self.held)
+
+    async def release_settled(self, runs: dict[Any, SettledRun]) -> None:
+        """Give back the claims of settled runs that will not be committed here."""
+        claims = [claim for run in runs.values() for claim in run.claims]
+        if claims:
+            await self.dedup.release_claims(claims)
 
     async def release(self, messages: Iterable[ConsumedMessage]) -> None:
         """Give back the claims of messages that end without a done mark."""
@@ -377,10 +412,14 @@ class DedupStep:
     async def renew_now(self) -> None:
         """Renew every held claim now; a claim found lost is claimed again before it runs."""
         items = list(self.held.items())
-        if not items:
+        settled = self.settled.claims()
+        if not items and not settled:
             return
-        alive = await self.dedup.renew([claim for _, claim in items])
-        for (message, _), ok in zip(items, alive, strict=True):
+        alive = await self.dedup.renew([claim for _, claim in items] + settled)
+        lost = [claim for claim, ok in zip(settled, alive[len(items) :], strict=True) if not ok]
+        if lost:
+            self.settled.forget(lost)  # handled already: only their done marks are skipped
+        for (message, _), ok in zip(items, alive[: len(items)], strict=True):
             if ok:
                 continue
             self._unhold(message)
@@ -397,7 +436,7 @@ class DedupStep:
     def health(self) -> dict[str, Any]:
         """Held claims, waits and store state for a health report."""
         return {
-            "held_claims": len(self.held),
+            "held_claims": len(self.held) + self.settled.claim_count,
             "waiting_on_claims": self.waiting,
             "store_failing": self.store_failing,
             **self.dedup.health(),
