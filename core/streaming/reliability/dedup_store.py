@@ -243,10 +243,15 @@ class DedupStore:
         """
         count = len(event_ids)
         results: list[tuple[ClaimResult, str | None]] = [(ClaimResult.DUPLICATE, None)] * count
-        distinct = set(event_ids)
-        if self.shards == 1 and len(distinct) == count and self._local.disjoint(distinct):
-            # The usual batch: one shard, distinct ids, none known done here.
-            by_shard: dict[int, list[int]] = {0: list(range(count))} if count else {}
+        if (
+            self.shards == 1
+            and count
+            and event_ids[0] not in self._local
+            and len(set(event_ids)) == count
+        ):
+            # The usual batch: one shard, distinct ids, and not a redelivery of ids
+            # known done here (its first id is not; Redis answers for the others).
+            by_shard: dict[int, list[int]] = {0: list(range(count))}
         else:
             by_shard = self._spread(event_ids, results)
         if not by_shard:
@@ -290,9 +295,11 @@ class DedupStore:
             replies = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
         except STORE_ERRORS as exc:
             self._unavailable("claim", exc, sum(len(indexes) for indexes, _ in calls))
+            local, now = self._local, self._clock()
             for indexes in by_shard.values():
                 for i in indexes:
-                    results[i] = (ClaimResult.BYPASSED, None)
+                    if not local.hit(event_ids[i], now):  # known done here: still a duplicate
+                        results[i] = (ClaimResult.BYPASSED, None)
             return results
         done: list[str] = []
         taken = 0

@@ -200,24 +200,54 @@ async def test_plan_api_is_duplicate_and_mark_processed(client: Redis) -> None:
 # --------------------------------------------------------------------------- local cache
 
 
-async def test_local_cache_keeps_the_most_recently_used_ids(client: Redis) -> None:
+async def test_local_cache_keeps_the_most_recently_recorded_ids(client: Redis) -> None:
     counting = CountingRedis(client)
     dedup = DeduplicationManager(counting, "svc", local_cache_size=3)  # type: ignore[arg-type]
-    await dedup.mark_done_many(["a", "b", "c", "d", "e", "f"])
-    assert dedup.local_cache_len == 6  # up to twice the size between trims
-    assert dedup.cached("a")  # a is now the most recently used
-    await dedup.mark_done("g")  # over twice the size: the 3 most recently used stay
+    await dedup.mark_done_many(["a", "b"])
+    await dedup.mark_done_many(["c", "d"])
+    assert dedup.local_cache_len == 4  # the older chunk is still needed to hold 3
+    await dedup.mark_done_many(["e", "f", "g"])
+    # Whole chunks go, oldest first, once the newer ones hold the size.
     assert dedup.local_cache_len == 3
-    assert dedup.cached("f") and dedup.cached("a") and dedup.cached("g")
-    assert not dedup.cached("b") and not dedup.cached("e")
+    assert all(dedup.cached(e) for e in "efg")
+    assert not any(dedup.cached(e) for e in "abcd")
     for n in range(20):
         await dedup.mark_done(f"x{n}")
-        assert dedup.local_cache_len <= 6
-    # b is still done in Redis: a claim asks Redis and re-caches it.
+        assert 3 <= dedup.local_cache_len <= 6
+    assert dedup.cached("x19") and dedup.cached("x17") and not dedup.cached("x10")
+    # b is still done in Redis: a claim asks Redis and records it again.
     calls = counting.calls
     assert await dedup.claim("b") is ClaimResult.DUPLICATE
     assert counting.calls == calls + 1
     assert dedup.cached("b")
+
+
+async def test_a_batch_whose_first_id_is_not_known_asks_redis_for_all(client: Redis) -> None:
+    counting = CountingRedis(client)
+    dedup = DeduplicationManager(counting, "svc")  # type: ignore[arg-type]
+    await dedup.mark_done_many(["a", "b"])
+    calls = counting.calls
+    results = await dedup.claim_many(["new", "a", "b"])
+    assert results == {
+        "new": ClaimResult.CLAIMED,
+        "a": ClaimResult.DUPLICATE,
+        "b": ClaimResult.DUPLICATE,
+    }
+    assert counting.calls == calls + 1
+
+
+async def test_ids_known_done_here_stay_duplicates_while_redis_is_down(
+    dead_redis: Redis,
+) -> None:
+    dedup = manager(dead_redis, failure_policy="fail_open")
+    await dedup.mark_done_many(["a", "b"])  # not written: remembered here
+    # The first id is not known, so the batch goes to Redis, which fails.
+    results = await dedup.claim_many(["new", "a", "b"])
+    assert results == {
+        "new": ClaimResult.BYPASSED,
+        "a": ClaimResult.DUPLICATE,
+        "b": ClaimResult.DUPLICATE,
+    }
 
 
 async def test_local_cache_disabled_with_size_zero(client: Redis) -> None:
