@@ -82,6 +82,8 @@ class Checkpoint:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[bool] | None = None
         self.last_error: str | None = None
+        #: Commits (or parts of them) that failed; a commit without one clears ``last_error``.
+        self.failures = 0
 
     # ------------------------------------------------------------------ intake
 
@@ -171,6 +173,7 @@ class Checkpoint:
         """
         limit = self.timeout_s if timeout_s is None else timeout_s
         async with self._lock:
+            failures = self.failures
             self._since_commit = 0
             self._last_commit = time.monotonic()
             if self.transactions is not None:
@@ -208,7 +211,7 @@ class Checkpoint:
             except Exception as exc:
                 self._fail(exc)
                 return False
-            if not self._window:
+            if self.failures == failures:
                 self.last_error = None
             self.sensor.on_commit(offsets, time.monotonic() - started)
             return True
@@ -388,6 +391,7 @@ class Checkpoint:
             self.recover(message, error)
 
     def _fail(self, exc: BaseException) -> None:
+        self.failures += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.sensor.on_commit_failed(exc)
         logger.warning(

@@ -17,7 +17,10 @@ from core.streaming.infrastructure.consumed_message import ConsumedMessage, Outc
 from core.streaming.infrastructure.message_consumer import MessageConsumer
 from core.streaming.orchestration.checkpoint import Checkpoint
 from core.streaming.reliability.dedup_step import DedupStep
-from core.streaming.reliability.deduplication_manager import DeduplicationManager
+from core.streaming.reliability.deduplication_manager import (
+    DeduplicationManager,
+    DedupUnavailableError,
+)
 from core.streaming.types import TopicPartition
 
 TP = TopicPartition("in", 0)
@@ -159,3 +162,89 @@ def test_the_policy_is_due_by_count_or_time(consumer: MessageConsumer) -> None:
     timed = Checkpoint(consumer, policy=CommitPolicy(every=1_000, interval_ms=0))
     timed.add(_fetched(consumer, 1))
     assert timed.due()
+
+
+async def _claimed(
+    consumer: MessageConsumer, count: int
+) -> tuple[DedupStep, list[ConsumedMessage]]:
+    """A dedup step on fakeredis and ``count`` messages it claimed, then handled."""
+    step = DedupStep(DeduplicationManager(fakeredis.FakeAsyncRedis(), "svc", consumer_group="g"))
+    messages = _fetched(consumer, count)
+    for message in messages:
+        message.outcome = None
+    step.claim_ahead(messages)
+    await asyncio.gather(*step._claim_tasks)
+    for message in messages:
+        message.outcome = Outcome.HANDLED
+    return step, messages
+
+
+async def test_handled_runs_wait_for_their_marks_as_offsets_and_claims(
+    consumer: MessageConsumer,
+) -> None:
+    step, messages = await _claimed(consumer, 3)
+    checkpoint = Checkpoint(consumer, dedup=step)
+    assert checkpoint.add(messages) == []
+    # No message is kept: its offset and its claim are.
+    assert checkpoint._window == [] and step.held == {}
+    assert checkpoint.pending == 3 and step.settled.claim_count == 3
+    assert step.health()["held_claims"] == 3
+    assert consumer.pending_offsets() == {TP: 0}, "not finished before the marks are written"
+    assert await checkpoint.commit()
+    assert [await step.dedup.state(f"e{n}") for n in range(3)] == [("done", 0)] * 3
+    assert await consumer.client.committed(TP) == 3
+    assert checkpoint.pending == 0 and step.settled.claim_count == 0
+
+
+async def test_marks_that_cannot_be_written_keep_their_offsets_uncommitted(
+    consumer: MessageConsumer,
+) -> None:
+    step, messages = await _claimed(consumer, 2)
+    checkpoint = Checkpoint(consumer, dedup=step)
+    checkpoint.add(messages[:1])
+    real = step.dedup.mark_done_many
+
+    async def failing(ids: list[str]) -> None:
+        raise DedupUnavailableError("store down")
+
+    step.dedup.mark_done_many = failing  # type: ignore[method-assign]
+    assert await checkpoint.commit()
+    assert await consumer.client.committed(TP) == 0, "nothing past the unmarked message"
+    assert checkpoint.pending == 1 and checkpoint.last_error is not None
+    checkpoint.add(messages[1:])  # a later run of the same partition joins it, in order
+    step.dedup.mark_done_many = real  # type: ignore[method-assign]
+    assert await checkpoint.commit()
+    assert await consumer.client.committed(TP) == 2
+    assert await step.dedup.state("e0") == ("done", 0)
+    assert await step.dedup.state("e1") == ("done", 0)
+
+
+async def test_settled_claims_are_renewed_and_a_lost_one_only_skips_its_mark(
+    consumer: MessageConsumer,
+) -> None:
+    step, messages = await _claimed(consumer, 2)
+    checkpoint = Checkpoint(consumer, dedup=step)
+    checkpoint.add(messages)
+    token, left = await step.dedup.state("e0")
+    assert token is not None
+    await asyncio.sleep(0.01)
+    redis = step.dedup.redis_client
+    await redis.hdel(step.dedup.claims_key(0), "e1")  # e1's claim lapsed
+    await step.renew_now()
+    assert (await step.dedup.state("e0"))[1] > left - 10, "renewed"
+    assert step.settled.claim_count == 1
+    assert await checkpoint.commit()
+    assert await consumer.client.committed(TP) == 2, "its offset is still committed"
+    assert await step.dedup.state("e0") == ("done", 0)
+    assert await step.dedup.state("e1") == (None, 0)
+
+
+async def test_abandoning_gives_settled_claims_back(consumer: MessageConsumer) -> None:
+    step, messages = await _claimed(consumer, 2)
+    checkpoint = Checkpoint(consumer, dedup=step)
+    checkpoint.add(messages)
+    await checkpoint.abandon({TP})
+    assert checkpoint.pending == 0 and step.health()["held_claims"] == 0
+    assert await step.dedup.state("e0") == (None, 0)
+    assert await step.dedup.state("e1") == (None, 0)
+    assert await consumer.client.committed(TP) is None
