@@ -78,8 +78,8 @@ class DedupStep:
         self.sensor = sensor or dedup.sensor
         self.dedup_key = dedup_key
         self.generation_of = generation_of or (lambda tp: -1)
-        #: Claims this flow holds: message -> (event id, token).
-        self.held: dict[ConsumedMessage, tuple[str, str]] = {}
+        #: Claims this flow holds: message -> our token (the id is ``message.identity``).
+        self.held: dict[ConsumedMessage, str] = {}
         #: Claims of handled messages that left their run and wait for done marks.
         self.settled = SettledClaims()
         self.waiting = 0
@@ -124,7 +124,8 @@ class DedupStep:
                 self.claim_ahead(messages, tp)
             return
         keyed = self.dedup_key is not None
-        items: list[tuple[ConsumedMessage, str]] = []
+        claiming: list[ConsumedMessage] = []
+        ids: list[str] = []
         task: asyncio.Task[None] | None = None
         for message in batch:
             if message.decode_error is not None:
@@ -135,18 +136,20 @@ class DedupStep:
             if task is None:
                 # It starts once this returns: the messages wait for it meanwhile.
                 task = asyncio.create_task(
-                    self._claim(partition, items), name=f"claim-{partition.topic}"
+                    self._claim(partition, claiming, ids), name=f"claim-{partition.topic}"
                 )
             message.identity = event_id
             message.claim = task
-            items.append((message, event_id))
+            claiming.append(message)
+            ids.append(event_id)
         if task is not None:
             self._claim_tasks.add(task)
             task.add_done_callback(self._claim_tasks.discard)
 
-    async def _claim(self, tp: TopicPartition, items: list[tuple[ConsumedMessage, str]]) -> None:
+    async def _claim(
+        self, tp: TopicPartition, messages: list[ConsumedMessage], ids: list[str]
+    ) -> None:
         task = asyncio.current_task()
-        ids = [event_id for _, event_id in items]
         results = await self._with_store(
             lambda: self.dedup.claim_batch(
                 ids, partition=f"{tp.topic}:{tp.partition}", generation=self.generation_of(tp)
@@ -154,7 +157,7 @@ class DedupStep:
         )
         given_up: list[tuple[str, str]] = []
         held = self.held
-        for (message, event_id), (result, token) in zip(items, results, strict=True):
+        for message, event_id, (result, token) in zip(messages, ids, results, strict=True):
             if message.claim is not task:
                 # Released while its claim was being made: give the claim straight back.
                 if token is not None:
@@ -163,7 +166,7 @@ class DedupStep:
             message.claim = result
             message.claim_token = token
             if token is not None:
-                held[message] = (event_id, token)
+                held[message] = token
         if given_up:
             await self.dedup.release_claims(given_up)
 
@@ -339,10 +342,10 @@ class DedupStep:
         fails: the marks stay to write, and the caller must not commit them.
         """
         held = self.held
-        ids = [claim[0] for m in messages if (claim := held.get(m)) is not None]
+        ids = [m.identity for m in messages if m in held and m.identity is not None]
         if settled:
             for run in settled.values():
-                ids.extend([claim[0] for claim in run.claims])
+                ids.extend(run.ids)
         if ids:
             await self.dedup.mark_done_many(ids)
         for message in messages:
@@ -354,7 +357,7 @@ class DedupStep:
 
     async def release_settled(self, runs: dict[Any, SettledRun]) -> None:
         """Give back the claims of settled runs that will not be committed here."""
-        claims = [claim for run in runs.values() for claim in run.claims]
+        claims = [claim for run in runs.values() for claim in run.claims()]
         if claims:
             await self.dedup.release_claims(claims)
 
@@ -371,18 +374,19 @@ class DedupStep:
             await self.dedup.release_claims(claims)
 
     def _hold(self, message: ConsumedMessage, event_id: str, token: str) -> None:
-        self.held[message] = (event_id, token)
+        self.held[message] = token
 
     def _unhold(self, message: ConsumedMessage) -> tuple[str, str] | None:
-        return self.held.pop(message, None)
+        token = self.held.pop(message, None)
+        return None if token is None or message.identity is None else (message.identity, token)
 
     def holder_of(self, event_id: str) -> ConsumedMessage | None:
         """The message of this flow holding the claim of ``event_id``, if any.
 
         A scan of the held claims: only a copy found held here asks, which is rare.
         """
-        for message, (held_id, _) in self.held.items():
-            if held_id == event_id:
+        for message in self.held:
+            if message.identity == event_id:
                 return message
         return None
 
@@ -411,7 +415,7 @@ class DedupStep:
 
     async def renew_now(self) -> None:
         """Renew every held claim now; a claim found lost is claimed again before it runs."""
-        items = list(self.held.items())
+        items = [(m, (m.identity, token)) for m, token in self.held.items() if m.identity]
         settled = self.settled.claims()
         if not items and not settled:
             return

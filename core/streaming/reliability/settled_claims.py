@@ -5,8 +5,8 @@ committed: its done mark written, then its offset finished. Keeping the whole
 message until the checkpoint would keep its record, value and state alive for a
 commit interval; at full rate that is thousands of messages the garbage
 collector walks again and again. So a finished run leaves here only its offsets
-(per partition and group generation, in order) and the ``(event id, token)``
-claims it held, which the dedup step keeps renewing until they are marked done.
+(per partition and group generation, in order) and the event ids and tokens
+of the claims it held, which the dedup step keeps renewing until they are marked done.
 """
 
 from __future__ import annotations
@@ -24,11 +24,17 @@ RunKey = tuple[str, int, int]
 class SettledRun:
     """Offsets of one partition and generation, and the claims their messages held."""
 
-    __slots__ = ("claims", "offsets")
+    __slots__ = ("ids", "offsets", "tokens")
 
     def __init__(self) -> None:
         self.offsets: list[int] = []
-        self.claims: list[Claim] = []
+        #: The held claims, as two aligned lists (no tuple per message).
+        self.ids: list[str] = []
+        self.tokens: list[str] = []
+
+    def claims(self) -> list[Claim]:
+        """The held claims as ``(event id, token)``."""
+        return list(zip(self.ids, self.tokens, strict=True))
 
 
 class SettledClaims:
@@ -43,14 +49,15 @@ class SettledClaims:
     @property
     def claim_count(self) -> int:
         """Claims held for settled messages."""
-        return sum(len(run.claims) for run in self._runs.values())
+        return sum(len(run.ids) for run in self._runs.values())
 
-    def add(self, messages: Sequence[ConsumedMessage], held: dict[ConsumedMessage, Claim]) -> None:
+    def add(self, messages: Sequence[ConsumedMessage], held: dict[ConsumedMessage, str]) -> None:
         """Keep the offsets of ``messages`` and move their claims out of ``held``."""
         runs = self._runs
         key: RunKey | None = None
         offsets: list[int] = []
-        claims: list[Claim] = []
+        ids: list[str] = []
+        tokens: list[str] = []
         pop = held.pop
         for message in messages:
             record = message.record
@@ -61,11 +68,12 @@ class SettledClaims:
                 run = runs.get(key)
                 if run is None:
                     run = runs[key] = SettledRun()
-                offsets, claims = run.offsets, run.claims
+                offsets, ids, tokens = run.offsets, run.ids, run.tokens
             offsets.append(record.offset)
-            claim = pop(message, None)
-            if claim is not None:
-                claims.append(claim)
+            token = pop(message, None)
+            if token is not None and message.identity is not None:
+                ids.append(message.identity)
+                tokens.append(token)
 
     def take(self, partitions: set[TopicPartition] | None = None) -> dict[RunKey, SettledRun]:
         """Remove and return the runs (of ``partitions``, if given)."""
@@ -87,20 +95,23 @@ class SettledClaims:
             newer = self._runs.get(key)
             if newer is not None:
                 run.offsets.extend(newer.offsets)
-                run.claims.extend(newer.claims)
+                run.ids.extend(newer.ids)
+                run.tokens.extend(newer.tokens)
             self._runs[key] = run
 
     def claims(self) -> list[Claim]:
         """Every claim kept here, for renewal."""
-        return [claim for run in self._runs.values() for claim in run.claims]
+        return [claim for run in self._runs.values() for claim in run.claims()]
 
     def holds(self, event_id: str) -> bool:
         """True when a settled message claimed ``event_id`` (a scan: for rare paths)."""
-        return any(claim[0] == event_id for run in self._runs.values() for claim in run.claims)
+        return any(event_id in run.ids for run in self._runs.values())
 
     def forget(self, lost: Iterable[Claim]) -> None:
         """Drop claims found no longer ours; their offsets stay to be finished."""
         gone = set(lost)
         for run in self._runs.values():
-            if any(claim in gone for claim in run.claims):
-                run.claims = [claim for claim in run.claims if claim not in gone]
+            kept = [claim for claim in run.claims() if claim not in gone]
+            if len(kept) != len(run.ids):
+                run.ids = [event_id for event_id, _ in kept]
+                run.tokens = [token for _, token in kept]
