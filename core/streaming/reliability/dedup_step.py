@@ -157,6 +157,16 @@ class DedupStep:
         )
         given_up: list[tuple[str, str]] = []
         held = self.held
+        if results and results.count(results[0]) == len(results) == len(messages):
+            # One answer for the whole batch (usually: all claimed under one token).
+            result, token = results[0]
+            if all(m.claim is task for m in messages):
+                for message in messages:
+                    message.claim = result
+                    message.claim_token = token
+                if token is not None:
+                    held.update(dict.fromkeys(messages, token))
+                return
         for message, event_id, (result, token) in zip(messages, ids, results, strict=True):
             if message.claim is not task:
                 # Released while its claim was being made: give the claim straight back.

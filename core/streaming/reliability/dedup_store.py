@@ -285,7 +285,11 @@ class DedupStore:
                         self.member,
                         partition,
                         generation,
-                        id_array([event_ids[i] for i in indexes]),
+                        id_array(
+                            list(event_ids)
+                            if len(indexes) == count
+                            else [event_ids[i] for i in indexes]
+                        ),
                     ],
                 )
             )
@@ -309,6 +313,9 @@ class DedupStore:
                 raise ValueError(f"claim script answered {len(text)} flags for {len(indexes)} ids")
             if text.count("C") == len(text):
                 claimed = (ClaimResult.CLAIMED, token)
+                if len(indexes) == count:
+                    results = [claimed] * count  # the usual batch: one call, all claimed
+                    continue
                 for i in indexes:
                     results[i] = claimed
                 continue
