@@ -23,7 +23,11 @@ MAX_ID_LENGTH = 200
 #: Seconds between two "Redis unreachable" warnings of one manager.
 WARN_INTERVAL_S = 10.0
 
+#: Ids per claim script call: Lua unpacks them onto its stack in one step.
 _SCRIPT_IDS = 1000
+#: Ids per done-mark script call (unpacked 1,000 at a time inside the script):
+#: fewer round trips, each blocking Redis for a few milliseconds at most.
+_DONE_CALL_IDS = 5000
 
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)"
 
@@ -107,10 +111,14 @@ return table.concat(flags)
 # 2 the ids as a JSON array. Marks them done and drops their claims.
 _DONE_SCRIPT = """
 local ids = cjson.decode(ARGV[2])
-redis.call('SADD', KEYS[2], unpack(ids))
+local n = #ids
+for i = 1, n, 1000 do
+  local j = math.min(i + 999, n)
+  redis.call('SADD', KEYS[2], unpack(ids, i, j))
+  redis.call('HDEL', KEYS[1], unpack(ids, i, j))
+end
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[1], unpack(ids))
-return #ids
+return n
 """
 
 # KEYS[1]: claims hash. ARGV[1]: one id. Returns {the claim or false, ms left}.

@@ -49,6 +49,7 @@ from typing import Any, Literal
 from core.streaming.clients import REDIS_ERRORS, TRANSIENT_CLIENT_ERRORS, Redis
 from core.streaming.reliability.dedup_scripts import (
     _CLAIM_SCRIPT,
+    _DONE_CALL_IDS,
     _DONE_SCRIPT,
     _HELD_SCRIPT,
     _PEEK_CLAIM_SCRIPT,
@@ -408,11 +409,11 @@ class DedupStore:
         keep_ms = 2 * self.ttl_seconds * 1000 + 60_000
         requests = []
         for shard, ids in by_shard.items():
-            for n in range(0, len(ids), _SCRIPT_IDS):
+            for n in range(0, len(ids), _DONE_CALL_IDS):
                 requests.append(
                     self._done_script(
                         keys=[self.claims_key(shard), self.done_key(shard, bucket)],
-                        args=[keep_ms, id_array(ids[n : n + _SCRIPT_IDS])],
+                        args=[keep_ms, id_array(ids[n : n + _DONE_CALL_IDS])],
                     )
                 )
         try:

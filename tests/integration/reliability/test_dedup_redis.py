@@ -49,6 +49,22 @@ async def test_odd_ids_are_claimed_marked_and_skipped_on_real_redis(
         assert await second.is_duplicate(event_id), event_id
 
 
+async def test_large_done_batches_are_written_whole_on_real_redis(
+    two_clients: tuple[Redis, Redis], unique_name: str
+) -> None:
+    """More ids than one Lua unpack takes, in one done-mark call: all done, no claim left."""
+    first = DeduplicationManager(two_clients[0], unique_name, local_cache_size=0)
+    second = DeduplicationManager(two_clients[1], unique_name, local_cache_size=0)
+    ids = [f"big-{n}" for n in range(12_345)]
+    for n in range(0, len(ids), 1000):
+        assert set((await first.claim_many(ids[n : n + 1000])).values()) == {ClaimResult.CLAIMED}
+    await first.mark_done_many(ids)
+    assert set((await second.claim_many(ids[:1000])).values()) == {ClaimResult.DUPLICATE}
+    assert set((await second.claim_many(ids[-1000:])).values()) == {ClaimResult.DUPLICATE}
+    assert await two_clients[0].hlen(first.claims_key(0)) == 0
+    assert await two_clients[0].scard(first.done_key(0, first.current_bucket())) == len(ids)
+
+
 async def test_racing_claims_have_exactly_one_winner(
     two_clients: tuple[Redis, Redis], unique_name: str
 ) -> None:

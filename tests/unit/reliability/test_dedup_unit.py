@@ -200,6 +200,19 @@ async def test_plan_api_is_duplicate_and_mark_processed(client: Redis) -> None:
 # --------------------------------------------------------------------------- local cache
 
 
+async def test_a_done_batch_larger_than_one_unpack_is_written_whole(client: Redis) -> None:
+    counting = CountingRedis(client)
+    dedup = DeduplicationManager(counting, "svc", local_cache_size=0)  # type: ignore[arg-type]
+    ids = [f"e{n}" for n in range(2_500)]
+    for n in range(0, len(ids), 1000):
+        await dedup.claim_many(ids[n : n + 1000])
+    calls = counting.calls
+    await dedup.mark_done_many(ids)
+    assert counting.calls == calls + 1, "one script call"
+    assert await client.hlen(dedup.claims_key(0)) == 0
+    assert await client.scard(dedup.done_key(0, dedup.current_bucket())) == len(ids)
+
+
 async def test_local_cache_keeps_the_most_recently_recorded_ids(client: Redis) -> None:
     counting = CountingRedis(client)
     dedup = DeduplicationManager(counting, "svc", local_cache_size=3)  # type: ignore[arg-type]
