@@ -8,16 +8,16 @@ another worker holds. Every claim this flow holds is renewed in the background
 while its message waits in a lane, runs, retries or waits for its done mark, so
 it never lapses under a live handler; one renewal call covers them all. Done
 marks are written by the checkpoint (:meth:`mark_done`), claims of messages
-that end without being handled are given back (:meth:`release`).
+that end without being handled are given back (:meth:`release`); that part,
+and the renewal, is :mod:`held_claims`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tenacity import (
@@ -38,8 +38,8 @@ from core.streaming.reliability.deduplication_manager import (
     DeduplicationManager,
     DedupUnavailableError,
 )
+from core.streaming.reliability.held_claims import HeldClaims
 from core.streaming.reliability.sensors import Sensor
-from core.streaming.reliability.settled_claims import SettledClaims, SettledRun
 from core.streaming.reliability.steps import Batch, Next
 from core.streaming.types import TopicPartition
 
@@ -59,7 +59,7 @@ class _StillHeld(Exception):
     """The claim is held by someone else: wait and ask again."""
 
 
-class DedupStep:
+class DedupStep(HeldClaims):
     """Effectively-once handling of one flow, on a :class:`DeduplicationManager`."""
 
     def __init__(
@@ -71,24 +71,17 @@ class DedupStep:
         generation_of: Generation | None = None,
         ordered: bool = True,
     ) -> None:
-        self.dedup = dedup
+        super().__init__(dedup)
         #: The flow runs a partition's (or a key's) messages one after another in
         #: offset order, so a later copy of an event cannot run before an earlier one.
         self.ordered = ordered
         self.sensor = sensor or dedup.sensor
         self.dedup_key = dedup_key
         self.generation_of = generation_of or (lambda tp: -1)
-        #: Claims this flow holds: message -> our token (the id is ``message.identity``).
-        self.held: dict[ConsumedMessage, str] = {}
-        #: Claims of handled messages that left their run and wait for done marks.
-        self.settled = SettledClaims()
         self.waiting = 0
         self.store_failing = False
-        # Claims still being made (a message's ``claim`` is its task meanwhile), and
-        # messages whose claim was lost before they ran.
+        # Claims still being made (a message's ``claim`` is its task meanwhile).
         self._claim_tasks: set[asyncio.Task[None]] = set()
-        self._reclaim: set[ConsumedMessage] = set()
-        self._renewer: asyncio.Task[None] | None = None
         self._last_wait_log = 0.0
 
     # ------------------------------------------------------------------ identity
@@ -338,68 +331,6 @@ class DedupStep:
                 self.dedup.processing_ttl_ms,
             )
 
-    # ------------------------------------------------------------------ after handling
-
-    async def mark_done(
-        self,
-        messages: Sequence[ConsumedMessage],
-        settled: dict[Any, SettledRun] | None = None,
-    ) -> None:
-        """Write done marks of handled messages we claimed (and of ``settled`` runs), one call.
-
-        Only once written are their claims forgotten. Raises
-        :class:`DedupUnavailableError` under ``fail_closed`` when the store
-        fails: the marks stay to write, and the caller must not commit them.
-        """
-        held = self.held
-        ids = [m.identity for m in messages if m in held and m.identity is not None]
-        if settled:
-            for run in settled.values():
-                ids.extend(run.ids)
-        if ids:
-            await self.dedup.mark_done_many(ids)
-        for message in messages:
-            held.pop(message, None)
-
-    def settle(self, messages: Sequence[ConsumedMessage]) -> None:
-        """Keep only the offsets and claims of handled messages that sent nothing."""
-        self.settled.add(messages, self.held)
-
-    async def release_settled(self, runs: dict[Any, SettledRun]) -> None:
-        """Give back the claims of settled runs that will not be committed here."""
-        claims = [claim for run in runs.values() for claim in run.claims()]
-        if claims:
-            await self.dedup.release_claims(claims)
-
-    async def release(self, messages: Iterable[ConsumedMessage]) -> None:
-        """Give back the claims of messages that end without a done mark."""
-        claims = []
-        for message in messages:
-            held = self._unhold(message)
-            if isinstance(message.claim, asyncio.Task):
-                message.claim = None  # still being claimed: the claim is given back on arrival
-            if held is not None:
-                claims.append(held)
-        if claims:
-            await self.dedup.release_claims(claims)
-
-    def _hold(self, message: ConsumedMessage, event_id: str, token: str) -> None:
-        self.held[message] = token
-
-    def _unhold(self, message: ConsumedMessage) -> tuple[str, str] | None:
-        token = self.held.pop(message, None)
-        return None if token is None or message.identity is None else (message.identity, token)
-
-    def holder_of(self, event_id: str) -> ConsumedMessage | None:
-        """The message of this flow holding the claim of ``event_id``, if any.
-
-        A scan of the held claims: only a copy found held here asks, which is rare.
-        """
-        for message in self.held:
-            if message.identity == event_id:
-                return message
-        return None
-
     # ------------------------------------------------------------------ renewal
 
     def start(self) -> None:
@@ -414,38 +345,6 @@ class DedupStep:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _renew_forever(self) -> None:
-        interval = self.dedup.processing_ttl_ms / 3000
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(DedupUnavailableError):
-                await self.renew_now()
-            raise_if_cancelled()
-
-    async def renew_now(self) -> None:
-        """Renew every held claim now; a claim found lost is claimed again before it runs."""
-        items = [(m, (m.identity, token)) for m, token in self.held.items() if m.identity]
-        settled = self.settled.claims()
-        if not items and not settled:
-            return
-        alive = await self.dedup.renew([claim for _, claim in items] + settled)
-        lost = [claim for claim, ok in zip(settled, alive[len(items) :], strict=True) if not ok]
-        if lost:
-            self.settled.forget(lost)  # handled already: only their done marks are skipped
-        for (message, _), ok in zip(items, alive[: len(items)], strict=True):
-            if ok:
-                continue
-            self._unhold(message)
-            if message.outcome is None:
-                message.claim = None
-                message.claim_token = None
-                self._reclaim.add(message)
-                logger.warning(
-                    "dedup claim of %s was lost before its handler finished; it is "
-                    "claimed again before it runs",
-                    message.location(),
-                )
 
     def health(self) -> dict[str, Any]:
         """Held claims, waits and store state for a health report."""
