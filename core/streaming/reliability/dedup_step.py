@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from tenacity import (
     AsyncRetrying,
@@ -116,28 +116,28 @@ class DedupStep(HeldClaims):
             for tp, messages in by_partition.items():
                 self.claim_ahead(messages, tp)
             return
-        keyed = self.dedup_key is not None
-        claiming: list[ConsumedMessage] = []
-        ids: list[str] = []
-        task: asyncio.Task[None] | None = None
-        for message in batch:
-            if message.decode_error is not None:
-                continue
-            event_id = self.identity(message) if keyed else envelope_id(message.value)
-            if event_id is None:
-                continue
-            if task is None:
-                # It starts once this returns: the messages wait for it meanwhile.
-                task = asyncio.create_task(
-                    self._claim(partition, claiming, ids), name=f"claim-{partition.topic}"
-                )
+        # An undecodable message has no value, so no identity either.
+        if self.dedup_key is not None:
+            found = list(map(self.identity, batch))
+        else:
+            found = list(map(envelope_id, [m.value for m in batch]))
+        if None in found:
+            kept = [(m, i) for m, i in zip(batch, found, strict=True) if i is not None]
+            claiming = [m for m, _ in kept]
+            ids = [i for _, i in kept]
+        else:
+            claiming, ids = list(batch), cast("list[str]", found)
+        if not claiming:
+            return
+        # It starts once this returns: the messages wait for it meanwhile.
+        task = asyncio.create_task(
+            self._claim(partition, claiming, ids), name=f"claim-{partition.topic}"
+        )
+        for message, event_id in zip(claiming, ids, strict=True):
             message.identity = event_id
             message.claim = task
-            claiming.append(message)
-            ids.append(event_id)
-        if task is not None:
-            self._claim_tasks.add(task)
-            task.add_done_callback(self._claim_tasks.discard)
+        self._claim_tasks.add(task)
+        task.add_done_callback(self._claim_tasks.discard)
 
     async def _claim(
         self, tp: TopicPartition, messages: list[ConsumedMessage], ids: list[str]
@@ -153,7 +153,7 @@ class DedupStep(HeldClaims):
         if results and results.count(results[0]) == len(results) == len(messages):
             # One answer for the whole batch (usually: all claimed under one token).
             result, token = results[0]
-            if all(m.claim is task for m in messages):
+            if [m.claim for m in messages].count(task) == len(messages):
                 for message in messages:
                     message.claim = result
                     message.claim_token = token
@@ -212,11 +212,13 @@ class DedupStep(HeldClaims):
             for task in tasks:
                 await asyncio.shield(task)  # raises if the claims could not be made
             claims = [m.claim for m in batch]
-        if (
-            ClaimResult.IN_PROGRESS not in claims
-            and ClaimResult.HELD_HERE not in claims
-            and ClaimResult.DUPLICATE not in claims
-            and not self._reclaim
+        if not self._reclaim and (
+            claims.count(ClaimResult.CLAIMED) == len(claims)
+            or (
+                ClaimResult.IN_PROGRESS not in claims
+                and ClaimResult.HELD_HERE not in claims
+                and ClaimResult.DUPLICATE not in claims
+            )
         ):
             # The usual run: every message claimed (or not deduplicated) and none to wait for.
             await call_next(batch)
