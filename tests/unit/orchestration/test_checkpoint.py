@@ -98,18 +98,25 @@ async def test_a_failed_output_holds_the_commit_and_goes_back_to_the_error_path(
     assert messages[1].outcome is Outcome.FAILED and checkpoint.pending == 0
 
 
-async def test_done_marks_survive_a_cancelled_write_and_are_written_later(
-    consumer: MessageConsumer,
-) -> None:
-    redis = fakeredis.FakeAsyncRedis()
-    step = DedupStep(DeduplicationManager(redis, "svc", consumer_group="g"))
-    messages = _fetched(consumer, 2)
+async def _claimed(
+    consumer: MessageConsumer, count: int
+) -> tuple[DedupStep, list[ConsumedMessage]]:
+    """A dedup step on fakeredis and ``count`` messages it claimed, then handled."""
+    step = DedupStep(DeduplicationManager(fakeredis.FakeAsyncRedis(), "svc", consumer_group="g"))
+    messages = _fetched(consumer, count)
     for message in messages:
         message.outcome = None
     step.claim_ahead(messages)
     await asyncio.gather(*step._claim_tasks)
     for message in messages:
         message.outcome = Outcome.HANDLED
+    return step, messages
+
+
+async def test_done_marks_survive_a_cancelled_write_and_are_written_later(
+    consumer: MessageConsumer,
+) -> None:
+    step, messages = await _claimed(consumer, 2)
     checkpoint = Checkpoint(consumer, dedup=step)
     checkpoint.add(messages)
     gate = asyncio.Event()
@@ -162,21 +169,6 @@ def test_the_policy_is_due_by_count_or_time(consumer: MessageConsumer) -> None:
     timed = Checkpoint(consumer, policy=CommitPolicy(every=1_000, interval_ms=0))
     timed.add(_fetched(consumer, 1))
     assert timed.due()
-
-
-async def _claimed(
-    consumer: MessageConsumer, count: int
-) -> tuple[DedupStep, list[ConsumedMessage]]:
-    """A dedup step on fakeredis and ``count`` messages it claimed, then handled."""
-    step = DedupStep(DeduplicationManager(fakeredis.FakeAsyncRedis(), "svc", consumer_group="g"))
-    messages = _fetched(consumer, count)
-    for message in messages:
-        message.outcome = None
-    step.claim_ahead(messages)
-    await asyncio.gather(*step._claim_tasks)
-    for message in messages:
-        message.outcome = Outcome.HANDLED
-    return step, messages
 
 
 async def test_handled_runs_wait_for_their_marks_as_offsets_and_claims(
