@@ -1,14 +1,12 @@
 """After Redis comes back from a freeze under ``fail_closed``, the flow catches up at once.
 
-Known defect, kept as a strict expected failure until it is fixed (found by
-``scripts/chaos.sh``, scenario ``redis-closed``: a 10 s freeze stalled handling
-for about 70 s). While Redis is frozen (SIGSTOP), claim calls time out on the
-client, but their commands wait in the socket and Redis runs them when it
-continues: the keys then hold claims of this member with tokens the member never
-learned. The retried claims find them, are answered "held by this member"
-(``HELD_HERE``), and wait for a copy that does not exist until those claims expire
-(``DEDUP_PROCESSING_TTL_MS``, 60 s). The target: every message handled within
-15 s of the end of a 4 s freeze.
+Found by ``scripts/chaos.sh`` (scenario ``redis-closed``: a 10 s freeze stalled
+handling for about 70 s). While Redis is frozen (SIGSTOP), claim calls time out on
+the client, but their commands wait in the socket and Redis runs them when it
+continues: the keys then hold claims of this member under tokens the member never
+learned. The retried claims must take them back at once instead of waiting for a
+copy that does not exist until they expire (``DEDUP_PROCESSING_TTL_MS``, 60 s). The
+target: every message handled within 15 s of the end of a 4 s freeze.
 """
 
 from __future__ import annotations
@@ -25,11 +23,6 @@ from tests.conftest import PrivateRedis
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="claims a frozen Redis ran after the client gave up block their own member "
-    "until they expire",
-)
 async def test_flow_catches_up_within_15_s_of_a_redis_freeze_under_fail_closed(
     kafka_bootstrap: str, private_redis: PrivateRedis, tmp_path: Path
 ) -> None:

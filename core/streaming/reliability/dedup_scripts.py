@@ -35,9 +35,11 @@ _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2
 # 2 token base "p|member|tp|gen|", 3 the call's token number (ids of one call are
 # distinct, so they share a token), 4 member, 5 topic:partition, 6 generation, 7 the
 # ids as a JSON array (one argument: far cheaper for the client to send than one per
-# id, and cjson splits it faster than a Lua pattern). One flag per id: C claimed, T
-# taken over from an older generation's owner of this partition, D done, H held by
-# this member, P held elsewhere.
+# id, and cjson splits it faster than a Lua pattern), 8 the token numbers of this
+# member's claim calls that failed on the client ("n,n,...", usually empty): their
+# claims may have been made after all, and nobody here holds them. One flag per id:
+# C claimed, T taken over from an older generation's owner of this partition, R taken
+# back from a failed call of this member, D done, H held by this member, P held elsewhere.
 _CLAIM_SCRIPT = (
     _NOW_MS
     + """
@@ -48,15 +50,20 @@ local held = redis.call('HMGET', KEYS[1], unpack(ids))
 local member, tp = ARGV[4], ARGV[5]
 local gen = tonumber(ARGV[6])
 local claim = (now + tonumber(ARGV[1])) .. '|' .. ARGV[2] .. ARGV[3]
+local failed = {}
+for n in string.gmatch(ARGV[8], '%d+') do failed[n] = true end
 local flags, fields, nf = {}, {}, 0
 for i = 1, #ids do
   local flag = 'C'
   if done1[i] == 1 or done2[i] == 1 then
     flag = 'D'
   elseif held[i] then
-    local until_ms, m, ctp, cgen = string.match(held[i], '^(%d+)|p|([^|]*)|([^|]*)|([^|]*)|')
+    local until_ms, m, ctp, cgen, n = string.match(
+      held[i], '^(%d+)|p|([^|]*)|([^|]*)|([^|]*)|(%d*)$')
     if until_ms and tonumber(until_ms) > now then
-      if m == member then
+      if m == member and failed[n] then
+        flag = 'R'
+      elseif m == member then
         flag = 'H'
       elseif ctp == tp and gen >= 0 and (tonumber(cgen) or 0) < gen then
         flag = 'T'
@@ -65,7 +72,7 @@ for i = 1, #ids do
       end
     end
   end
-  if flag == 'C' or flag == 'T' then
+  if flag == 'C' or flag == 'T' or flag == 'R' then
     fields[nf + 1] = ids[i]
     fields[nf + 2] = claim
     nf = nf + 2
@@ -151,6 +158,7 @@ class ClaimResult(StrEnum):
 _FLAGS = {
     "C": ClaimResult.CLAIMED,
     "T": ClaimResult.CLAIMED,
+    "R": ClaimResult.CLAIMED,
     "D": ClaimResult.DUPLICATE,
     "H": ClaimResult.HELD_HERE,
     "P": ClaimResult.IN_PROGRESS,

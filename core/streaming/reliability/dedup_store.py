@@ -23,6 +23,9 @@ spreads a busy flow over masters.
 
 A claim left on a partition by a member of an older group generation is taken
 over at once by the partition's new owner; a live claim elsewhere is waited for.
+A claim call that failed on the client may still have run (a frozen Redis runs
+the queued command when it continues): its number is sent with later claim calls
+(:mod:`failed_claims`), so such claims are taken back at once by their member.
 Ids longer than ``MAX_ID_LENGTH``, holding separators or not valid UTF-8 are
 replaced by their SHA-256. A bounded local cache (:mod:`done_cache`) remembers
 ids known to be done, each entry expiring no later than its Redis record
@@ -64,6 +67,7 @@ from core.streaming.reliability.dedup_scripts import (
     key_id,
 )
 from core.streaming.reliability.done_cache import DoneCache
+from core.streaming.reliability.failed_claims import FailedClaimCalls
 from core.streaming.reliability.sensors import Sensor
 
 logger = logging.getLogger(__name__)
@@ -128,6 +132,7 @@ class DedupStore:
         self._next_token = 0
         self._held: dict[str, str] = {}  # single-id API: event id -> our token
         self._local = DoneCache(local_cache_size)
+        self._failed_calls = FailedClaimCalls(processing_ttl_ms)
         self._claim_script = redis_client.register_script(_CLAIM_SCRIPT)
         self._held_script = redis_client.register_script(_HELD_SCRIPT)
         self._done_script = redis_client.register_script(_DONE_SCRIPT)
@@ -291,6 +296,7 @@ class DedupStore:
                             if len(indexes) == count
                             else [event_ids[i] for i in indexes]
                         ),
+                        self._failed_calls.arg(),
                     ],
                 )
             )
@@ -299,6 +305,8 @@ class DedupStore:
             # whether its scripts are loaded first: one more round trip each time).
             replies = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
         except STORE_ERRORS as exc:
+            # Some of these calls may have run, or may still run: take their claims back later.
+            self._failed_calls.failed(int(token.rpartition("|")[2]) for _, token in calls)
             self._unavailable("claim", exc, sum(len(indexes) for indexes, _ in calls))
             local, now = self._local, self._clock()
             for indexes in by_shard.values():
@@ -306,8 +314,10 @@ class DedupStore:
                     if not local.hit(event_ids[i], now):  # known done here: still a duplicate
                         results[i] = (ClaimResult.BYPASSED, None)
             return results
+        if len(self._failed_calls):
+            self._failed_calls.succeeded(self._clock())
         done: list[str] = []
-        taken = 0
+        taken = retaken = 0
         for (indexes, token), flags in zip(calls, replies, strict=True):
             text = flags.decode() if isinstance(flags, bytes) else flags
             if len(text) != len(indexes):
@@ -321,9 +331,10 @@ class DedupStore:
                     results[i] = claimed
                 continue
             for i, flag in zip(indexes, text, strict=True):
-                if flag == "C" or flag == "T":
+                if flag == "C" or flag == "T" or flag == "R":
                     results[i] = (ClaimResult.CLAIMED, token)
                     taken += flag == "T"
+                    retaken += flag == "R"
                 elif flag == "D":
                     results[i] = (ClaimResult.DUPLICATE, None)
                     done.append(event_ids[i])
@@ -333,6 +344,10 @@ class DedupStore:
                     results[i] = (ClaimResult.IN_PROGRESS, None)
         if done:
             self._cache_add(done, sent_at + self._done_lifetime(bucket))
+        if retaken:
+            logger.info(
+                "took back %d dedup claim(s) of this member's claim calls that failed", retaken
+            )
         if taken:
             self.taken_over += taken
             self.sensor.on_claims_taken_over(taken)
