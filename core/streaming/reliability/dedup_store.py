@@ -19,7 +19,7 @@ set lookups, one hash lookup and one hash write per id), a done mark one script
 call per shard (a set add and a hash delete per id); the ids travel as one JSON
 array. Keys carry a hash tag per shard (``dedup:{<service>:<group>:<shard>}:...``),
 so every script touches one slot and runs on a Redis Cluster as well; ``shards``
-spreads a busy flow over masters.
+spreads a busy flow over masters (the layout is :mod:`dedup_keys`).
 
 A claim left on a partition by a member of an older group generation is taken
 over at once by the partition's new owner; a live claim elsewhere is waited for.
@@ -32,7 +32,7 @@ ids known to be done, each entry expiring no later than its Redis record
 (monotonic clock).
 
 When Redis is unreachable or answers with an error (READONLY, OOM, LOADING),
-``failure_policy`` decides: ``fail_open`` runs the handler without dedup
+``failure_policy`` decides (:mod:`store_outages`): ``fail_open`` runs the handler without dedup
 (``ClaimResult.BYPASSED``, counted and logged); ``fail_closed`` raises
 :class:`DedupUnavailableError` so the caller pauses and retries. Either way no
 message is dropped. :class:`~core.streaming.reliability.deduplication_manager.DeduplicationManager`
@@ -45,11 +45,11 @@ import asyncio
 import logging
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from core.streaming.clients import REDIS_ERRORS, TRANSIENT_CLIENT_ERRORS, Redis
+from core.streaming.reliability.dedup_keys import DedupKeys
 from core.streaming.reliability.dedup_scripts import (
     _CLAIM_SCRIPT,
     _DONE_CALL_IDS,
@@ -58,26 +58,21 @@ from core.streaming.reliability.dedup_scripts import (
     _PEEK_CLAIM_SCRIPT,
     _SCRIPT_IDS,
     CLAIM_PREFIX,
-    DEFAULT_GROUP,
-    KEY_PREFIX,
-    WARN_INTERVAL_S,
     ClaimResult,
-    DedupUnavailableError,
     id_array,
     key_id,
 )
 from core.streaming.reliability.done_cache import DoneCache
 from core.streaming.reliability.failed_claims import FailedClaimCalls
 from core.streaming.reliability.sensors import Sensor
+from core.streaming.reliability.store_outages import FailurePolicy, StoreOutages
 
 logger = logging.getLogger(__name__)
-
-FailurePolicy = Literal["fail_open", "fail_closed"]
 
 STORE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_CLIENT_ERRORS, *REDIS_ERRORS)
 
 
-class DedupStore:
+class DedupStore(DedupKeys):
     """Claims, completes and releases batches of event ids in Redis for one service and group.
 
     ``ttl_seconds`` is how long a done id is remembered (at least; at most twice
@@ -104,30 +99,18 @@ class DedupStore:
         metrics: Any = None,
         sensor: Sensor | None = None,
     ) -> None:
-        if ttl_seconds <= 0:
-            raise ValueError("ttl_seconds must be positive")
+        super().__init__(service_name, consumer_group, ttl_seconds, shards, wall_clock)
         if processing_ttl_ms <= 0:
             raise ValueError("processing_ttl_ms must be positive")
-        if failure_policy not in ("fail_open", "fail_closed"):
-            raise ValueError(f"unknown failure_policy {failure_policy!r}")
-        if shards < 1:
-            raise ValueError("shards must be at least 1")
         self.redis_client = redis_client
-        self.service_name = service_name
-        self.consumer_group = consumer_group or DEFAULT_GROUP
-        self.ttl_seconds = ttl_seconds
         self.processing_ttl_ms = processing_ttl_ms
         self.local_cache_size = local_cache_size
         self.failure_policy: FailurePolicy = failure_policy
-        self.shards = shards
         if sensor is None and metrics is not None:
             sensor = metrics.for_flow(self.consumer_group)
         self.sensor = sensor or Sensor()
         self._clock = clock
-        self._wall_clock = wall_clock
-        self._tags = [
-            f"{KEY_PREFIX}:{{{service_name}:{self.consumer_group}:{n}}}" for n in range(shards)
-        ]
+        self._outages = StoreOutages(failure_policy, self.sensor, clock)
         self.member = uuid.uuid4().hex
         self._next_token = 0
         self._held: dict[str, str] = {}  # single-id API: event id -> our token
@@ -137,38 +120,9 @@ class DedupStore:
         self._held_script = redis_client.register_script(_HELD_SCRIPT)
         self._done_script = redis_client.register_script(_DONE_SCRIPT)
         self._peek_claim_script = redis_client.register_script(_PEEK_CLAIM_SCRIPT)
-        self._last_warning: float | None = None
-        self._suppressed_warnings = 0
-        self.unavailable_count = 0
         self.taken_over = 0
 
-    # ------------------------------------------------------------------ keys, cache
-
-    def shard_of(self, event_id: str) -> int:
-        """The shard holding ``event_id`` (the same in every process)."""
-        if self.shards == 1:
-            return 0
-        return zlib.crc32(key_id(event_id).encode("utf-8", "surrogatepass")) % self.shards
-
-    def claims_key(self, shard: int) -> str:
-        """The claims hash of a shard."""
-        return f"{self._tags[shard]}:claims"
-
-    def done_key(self, shard: int, bucket: int) -> str:
-        """The done set of a shard for one time bucket."""
-        return f"{self._tags[shard]}:done:{bucket}"
-
-    def current_bucket(self) -> int:
-        """The time bucket done ids are written to now."""
-        return int(self._wall_clock() // self.ttl_seconds)
-
-    def _done_lifetime(self, bucket: int) -> float:
-        """Seconds an id found done now is still certainly remembered (to bucket's end)."""
-        return max(0.0, (bucket + 1) * self.ttl_seconds - self._wall_clock())
-
-    def key_for(self, event_id: str) -> str:
-        """Where ``event_id``'s claim lives: the claims hash of its shard."""
-        return self.claims_key(self.shard_of(event_id))
+    # ------------------------------------------------------------------ local cache
 
     def _cache_hit(self, event_id: str) -> bool:
         return self._local.hit(event_id, self._clock())
@@ -187,31 +141,16 @@ class DedupStore:
 
     # ------------------------------------------------------------------ unavailability
 
+    @property
+    def unavailable_count(self) -> int:
+        """Ids whose store calls failed (counted once per failed call)."""
+        return self._outages.count
+
     def _unavailable(
         self, operation: str, exc: BaseException, n: int, *, may_raise: bool = True
     ) -> None:
         """Count and log (rate-limited) a failed round trip; raise under fail_closed."""
-        self.unavailable_count += n
-        self.sensor.on_dedup_unavailable(n)
-        now = self._clock()
-        if self._last_warning is None or now - self._last_warning >= WARN_INTERVAL_S:
-            logger.warning(
-                "dedup store unreachable or failing during %s (%s: %s); policy %s; "
-                "%d similar warnings suppressed",
-                operation,
-                type(exc).__name__,
-                exc,
-                self.failure_policy,
-                self._suppressed_warnings,
-            )
-            self._last_warning = now
-            self._suppressed_warnings = 0
-        else:
-            self._suppressed_warnings += 1
-        if may_raise and self.failure_policy == "fail_closed":
-            raise DedupUnavailableError(
-                f"dedup store failed during {operation}: {type(exc).__name__}: {exc}"
-            ) from exc
+        self._outages.failed(operation, exc, n, may_raise=may_raise)
 
     # ------------------------------------------------------------------ claims
 
@@ -343,7 +282,7 @@ class DedupStore:
                 else:
                     results[i] = (ClaimResult.IN_PROGRESS, None)
         if done:
-            self._cache_add(done, sent_at + self._done_lifetime(bucket))
+            self._cache_add(done, sent_at + self.done_lifetime(bucket))
         if retaken:
             logger.info(
                 "took back %d dedup claim(s) of this member's claim calls that failed", retaken

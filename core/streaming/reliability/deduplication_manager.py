@@ -21,7 +21,8 @@ from core.streaming.reliability.dedup_scripts import (
     DedupUnavailableError,
     key_id,
 )
-from core.streaming.reliability.dedup_store import STORE_ERRORS, DedupStore, FailurePolicy
+from core.streaming.reliability.dedup_store import STORE_ERRORS, DedupStore
+from core.streaming.reliability.store_outages import FailurePolicy
 
 __all__ = [
     "CLAIM_PREFIX",
@@ -102,7 +103,7 @@ class DeduplicationManager(DedupStore):
             self._unavailable("is_duplicate", exc, 1)
             return False
         if done:
-            self._cache_add((event_id,), sent_at + self._done_lifetime(self.current_bucket()))
+            self._cache_add((event_id,), sent_at + self.done_lifetime(self.current_bucket()))
         return done
 
     async def _done_in_redis(self, event_id: str) -> bool:
