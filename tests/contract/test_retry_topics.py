@@ -83,7 +83,11 @@ async def test_a_poisoned_message_does_not_hold_up_its_partition(backend: Backen
             raise RetryableError("downstream refuses this one")
 
     orchestrator = service(
-        backend.settings, handle, topics=[source], group=backend.topic("g"), dedup=False,
+        backend.settings,
+        handle,
+        topics=[source],
+        group=backend.topic("g"),
+        dedup=False,
         retry_topics=[30.0],
     )
     _count_fetches(orchestrator, calls)
@@ -119,7 +123,11 @@ async def test_retries_come_due_on_time_and_end_in_the_dead_letter_topic(
 
     delays = [0.5, 1.0]
     orchestrator = service(
-        backend.settings, handle, topics=[source], group=backend.topic("g"), dedup=False,
+        backend.settings,
+        handle,
+        topics=[source],
+        group=backend.topic("g"),
+        dedup=False,
         retry_topics=delays,
     )
     harness = backend.harness
@@ -157,7 +165,11 @@ async def test_a_permanent_failure_skips_the_retry_topics(backend: Backend) -> N
         raise PermanentError("never valid")
 
     orchestrator = service(
-        backend.settings, handle, topics=[source], group=backend.topic("g"), dedup=False,
+        backend.settings,
+        handle,
+        topics=[source],
+        group=backend.topic("g"),
+        dedup=False,
         retry_topics=[0.2],
     )
     harness = backend.harness
@@ -182,7 +194,11 @@ async def test_a_restart_during_a_retry_delay_loses_nothing(backend: Backend) ->
 
     def build() -> ServiceOrchestrator:
         return service(
-            backend.settings, handle, topics=[source], group=group, dedup=False,
+            backend.settings,
+            handle,
+            topics=[source],
+            group=group,
+            dedup=False,
             retry_topics=[3.0],
         )
 
