@@ -11,6 +11,8 @@ Variants:
 * ``raw-interval`` -- ``AIOKafkaConsumer.getmany(500)`` + ``orjson.loads``, a commit
   every second (the cadence of our default checkpoint);
 * ``raw-sync``     -- the same with a synchronous commit after every fetched batch;
+* ``raw-librdkafka``, ``librdkafka-records`` -- the raw loop on confluent-kafka,
+  without and with records our layers could read (``bench_librdkafka.py``);
 * ``quix``         -- Quix Streams 3.x ``Application``, at-least-once, default
   checkpointing (librdkafka);
 * ``faststream``   -- FastStream 0.7 default subscriber (acks on receipt: at-most-once);
@@ -66,10 +68,13 @@ from bench_common import (
     server_arguments,
     write_results,
 )
+from bench_librdkafka import child_librdkafka
 
 VARIANTS = (
     "raw-interval",
     "raw-sync",
+    "raw-librdkafka",
+    "librdkafka-records",
     "quix",
     "faststream",
     "faststream-ack",
@@ -248,6 +253,8 @@ def run_child(args: argparse.Namespace) -> None:
     variant = args.child
     if variant == "quix":
         child_quix(args, clock)
+    elif variant in ("raw-librdkafka", "librdkafka-records"):
+        child_librdkafka(args, clock, records=variant == "librdkafka-records")
     elif variant.startswith("raw"):
         asyncio.run(child_raw(args, clock, sync=variant == "raw-sync"))
     elif variant.startswith("faststream"):
