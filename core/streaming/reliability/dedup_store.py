@@ -105,7 +105,6 @@ class DedupStore(DedupKeys):
         self.redis_client = redis_client
         self.processing_ttl_ms = processing_ttl_ms
         self.local_cache_size = local_cache_size
-        self.failure_policy: FailurePolicy = failure_policy
         if sensor is None and metrics is not None:
             sensor = metrics.for_flow(self.consumer_group)
         self.sensor = sensor or Sensor()
@@ -140,6 +139,11 @@ class DedupStore(DedupKeys):
         return len(self._local)
 
     # ------------------------------------------------------------------ unavailability
+
+    @property
+    def failure_policy(self) -> FailurePolicy:
+        """``fail_open`` or ``fail_closed``: what a failed store call leads to."""
+        return self._outages.policy
 
     @property
     def unavailable_count(self) -> int:
