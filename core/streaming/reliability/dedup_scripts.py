@@ -1,8 +1,8 @@
-"""The dedup store's vocabulary: key layout constants, claim outcomes and Lua scripts.
+"""The dedup store's vocabulary: key prefixes, claim outcomes and Lua scripts.
 
-Used by :mod:`core.streaming.reliability.deduplication_manager`, which runs the
-scripts; kept apart so the manager module holds the behaviour only. The
-scripts' argument layout is documented next to each.
+Used by :mod:`core.streaming.reliability.dedup_store`, which runs the scripts,
+and :mod:`core.streaming.reliability.dedup_keys`; kept apart so the store holds
+the behaviour only. The scripts' argument layout is documented next to each.
 """
 
 from __future__ import annotations
