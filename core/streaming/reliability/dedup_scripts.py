@@ -155,16 +155,6 @@ class ClaimResult(StrEnum):
     """Redis is unreachable and the policy is ``fail_open``: run without dedup."""
 
 
-_FLAGS = {
-    "C": ClaimResult.CLAIMED,
-    "T": ClaimResult.CLAIMED,
-    "R": ClaimResult.CLAIMED,
-    "D": ClaimResult.DUPLICATE,
-    "H": ClaimResult.HELD_HERE,
-    "P": ClaimResult.IN_PROGRESS,
-}
-
-
 class DedupUnavailableError(RetryableError):
     """Redis is unreachable (or erroring) and the policy is ``fail_closed``."""
 
