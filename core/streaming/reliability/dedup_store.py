@@ -23,8 +23,8 @@ spreads a busy flow over masters (the layout is :mod:`dedup_keys`).
 
 A claim left on a partition by a member of an older group generation is taken
 over at once by the partition's new owner; a live claim elsewhere is waited for.
-A claim call that failed on the client may still have run (a frozen Redis runs
-the queued command when it continues): its number is sent with later claim calls
+A claim call that failed or was cancelled on the client may still have run (a
+frozen Redis runs the queued command when it continues): its number is sent with later claim calls
 (:mod:`failed_claims`), so such claims are taken back at once by their member.
 Ids longer than ``MAX_ID_LENGTH``, holding separators or not valid UTF-8 are
 replaced by their SHA-256. A bounded local cache (:mod:`done_cache`) remembers
@@ -247,9 +247,11 @@ class DedupStore(DedupKeys):
             # One script call per shard, concurrent (a pipeline would ask Redis
             # whether its scripts are loaded first: one more round trip each time).
             replies = [await requests[0]] if len(requests) == 1 else await asyncio.gather(*requests)
-        except STORE_ERRORS as exc:
+        except BaseException as exc:
             # Some of these calls may have run, or may still run: take their claims back later.
             self._failed_calls.failed(int(token.rpartition("|")[2]) for _, token in calls)
+            if not isinstance(exc, STORE_ERRORS):
+                raise  # cancelled, or a bug: nothing to decide here
             self._unavailable("claim", exc, sum(len(indexes) for indexes, _ in calls))
             local, now = self._local, self._clock()
             for indexes in by_shard.values():

@@ -1,7 +1,8 @@
 """Token numbers of this member's claim calls that failed on the client.
 
-A claim call that times out may still run: a stopped or slow Redis keeps the
-command in its socket and runs it later. Its ids then hold claims of this member
+A claim call that times out, or is cancelled while it waits for its answer,
+may still run: a stopped or slow Redis keeps the command in its socket and runs
+it later. Its ids then hold claims of this member
 under a token nobody here holds, and a later claim of the same ids would be
 answered "held by this member" until they expire (the processing TTL). So the
 numbers of failed calls are kept and sent with every claim call; the claim

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +25,7 @@ class RunsThenTimesOut:
     def __init__(self, inner: Redis) -> None:
         self.inner = inner
         self.armed = False
+        self.error: BaseException = RedisTimeoutError("Timeout reading from socket")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -36,7 +38,7 @@ class RunsThenTimesOut:
             reply = await real(keys=keys, args=args, client=client)
             if outer.armed:
                 outer.armed = False
-                raise RedisTimeoutError("Timeout reading from socket")
+                raise outer.error
             return reply
 
         return call
@@ -79,6 +81,17 @@ async def test_claims_of_a_call_that_timed_out_are_taken_back_at_once(
     new_token = results[0][1]
     assert new_token is not None and new_token != token
     assert (await dedup.state("a"))[0] == new_token
+
+
+async def test_claims_of_a_call_cancelled_in_flight_are_taken_back(client: Redis) -> None:
+    flaky = RunsThenTimesOut(client)
+    flaky.error = asyncio.CancelledError()
+    dedup = DeduplicationManager(flaky, "svc")  # type: ignore[arg-type]
+    flaky.armed = True
+    with pytest.raises(asyncio.CancelledError):
+        await dedup.claim_batch(["a"], partition="t:0", generation=1)
+    results = await dedup.claim_batch(["a"], partition="t:0", generation=1)
+    assert results[0][0] is ClaimResult.CLAIMED
 
 
 async def test_claims_of_calls_that_succeeded_still_wait_for_their_holder(client: Redis) -> None:
